@@ -1,0 +1,28 @@
+"""hf_expand: grow a trained Hugging Face model's capacity with its outputs preserved.
+
+Python API::
+
+    from hf_expand import AddLayers, WidenFFN, grow_model
+    grown, report = grow_model(model, [WidenFFN(factor=1.5), AddLayers(count=2)])
+    print(report.max_abs_diff)
+"""
+
+__version__ = "0.1.0"
+
+from .errors import HfExpandError, PreservationError, UnsupportedArchitecture  # noqa: E402
+from .ops.add_layers import AddLayers  # noqa: E402
+from .ops.widen_ffn import WidenFFN  # noqa: E402
+from .grow import GrowthReport, grow_checkpoint, grow_model, plan_growth, read_record  # noqa: E402
+
+__all__ = [
+    "AddLayers",
+    "GrowthReport",
+    "HfExpandError",
+    "PreservationError",
+    "UnsupportedArchitecture",
+    "WidenFFN",
+    "grow_checkpoint",
+    "grow_model",
+    "plan_growth",
+    "read_record",
+]

@@ -1,0 +1,288 @@
+"""Where each architecture family keeps its tensors, and which dimension of each belongs to which space.
+
+Architectures are data, not classes. For a config we combine
+
+* what transformers already tells us: the decoder/encoder block list (found on a meta-device model),
+  ``attribute_map`` (``n_layer`` -> ``num_hidden_layers``), ``base_model_tp_plan`` (a ``colwise``
+  projection grows along its output rows, a ``rowwise`` one along its input columns, and rowwise
+  projections are the ones that write into the residual stream), GPT-2's transposed ``Conv1D``
+  modules, 3-D MoE expert parameters;
+* a small JSON file per family under ``data/`` for the rest: which config field sizes each FFN, the
+  roles of modules the tp plan does not list, fused (packed) projections, post-norm blocks, and
+  growth that a family's config cannot express.
+
+``describe(config)`` returns a :class:`ModelLayout` listing every parameter with its layer index,
+role and grow axis. Growth operations read only this layout, never model classes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedArchitecture
+
+DATA_DIR = Path(__file__).parent / "data"
+
+_ALLOWED_KEYS = {"ffn", "roles", "packed", "post_norm", "refuse", "layer_index_fields", "comment"}
+
+
+@dataclass(frozen=True)
+class FfnGroup:
+    """One FFN space: the config field that sizes it and the layer-relative module prefix it lives under."""
+
+    field: str
+    prefix: str = ""  # every role-carrying module under this layer-relative prefix ...
+    modules: tuple[str, ...] = ()  # ... or exactly these modules (BERT: no common prefix)
+    default_factor_of_hidden: float | None = None  # GPT-2: n_inner=None means 4 * n_embd
+
+    def __post_init__(self):
+        object.__setattr__(self, "modules", tuple(self.modules))
+
+    def contains(self, rel: str) -> bool:
+        if self.modules:
+            return _match(rel, dict.fromkeys(self.modules)) is not None
+        return rel.startswith(self.prefix)
+
+
+@dataclass(frozen=True)
+class PostNorm:
+    """Post-norm blocks (BERT family): LayerNorm after each residual add, affine included."""
+
+    branch_norms: tuple[str, ...]  # layer-relative norms inside the block, before the final one
+    final_norm: str  # layer-relative norm that ends the block
+    embed_norm: str  # norm (full-name suffix) that ends the embeddings, i.e. precedes block 0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    op: str
+    field: str
+    allowed: tuple[Any, ...]
+    why: str
+
+
+@dataclass(frozen=True)
+class FamilyData:
+    model_type: str
+    ffn: tuple[FfnGroup, ...]
+    roles: Mapping[str, str]
+    packed: Mapping[str, int]
+    post_norm: PostNorm | None
+    refuse: tuple[Refusal, ...]
+    layer_index_fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One parameter of a model, as the growth engine sees it."""
+
+    name: str
+    shape: tuple[int, ...]
+    layer: int | None  # index in the block list, None outside it
+    rel: str  # name relative to the block (or the full name outside blocks)
+    role: str | None  # "in" (writes the space: grows along rows), "out" (reads it: columns), None
+    ffn_field: str | None  # config field of the FFN space this parameter touches
+    parts: int  # packed projections: how many equal chunks the FFN axis holds (gate_up -> 2)
+    ffn_axis: int | None  # axis that spans the FFN space, or None
+    is_bias: bool
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """Everything growth needs to know about one model: names, shapes, spaces, block structure."""
+
+    model_type: str
+    family: FamilyData
+    layers_prefix: str  # e.g. "model.layers" (full parameter names are f"{prefix}.{i}.{rel}")
+    num_layers: int
+    params: Mapping[str, ParamInfo]
+    residual_out: tuple[str, ...]  # layer-relative modules whose output is added to the residual stream
+    tied: Mapping[str, str]
+
+    def layer_params(self, i: int) -> list[ParamInfo]:
+        return [p for p in self.params.values() if p.layer == i]
+
+
+def known_families() -> list[str]:
+    return sorted(p.stem for p in DATA_DIR.glob("*.json"))
+
+
+@lru_cache(maxsize=None)
+def family_data(model_type: str) -> FamilyData:
+    path = DATA_DIR / f"{model_type}.json"
+    if not path.exists():
+        raise UnsupportedArchitecture(
+            f"hf_expand has no architecture data for model_type '{model_type}' "
+            f"(known: {', '.join(known_families())}); add hf_expand/architectures/data/{model_type}.json"
+        )
+    raw = json.loads(path.read_text())
+    unknown = set(raw) - _ALLOWED_KEYS
+    if unknown:
+        raise UnsupportedArchitecture(f"{path.name}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_ALLOWED_KEYS)}")
+    post = raw.get("post_norm")
+    return FamilyData(
+        model_type=model_type,
+        ffn=tuple(FfnGroup(**g) for g in raw["ffn"]),
+        roles=dict(raw.get("roles", {})),
+        packed=dict(raw.get("packed", {})),
+        post_norm=PostNorm(tuple(post["branch_norms"]), post["final_norm"], post["embed_norm"]) if post else None,
+        refuse=tuple(Refusal(r["op"], r["field"], tuple(r["allowed"]), r["why"]) for r in raw.get("refuse", [])),
+        layer_index_fields=tuple(raw.get("layer_index_fields", [])),
+    )
+
+
+def roles_from_tp_plan(config) -> tuple[dict[str, str], dict[str, int]]:
+    """Per-layer module roles and packing read off ``base_model_tp_plan``.
+
+    ``colwise`` shards the output rows, so the module *writes* a space (role "in" for an FFN: its rows
+    grow); ``rowwise`` shards the input columns, so it *reads* a space and writes the residual stream
+    (role "out"). ``packed_colwise`` marks fused projections (gate and up stacked: two chunks).
+    """
+    roles: dict[str, str] = {}
+    packed: dict[str, int] = {}
+    for pattern, style in (getattr(config, "base_model_tp_plan", None) or {}).items():
+        if ".*." not in pattern:
+            continue
+        rel = pattern.split(".*.", 1)[1]
+        if style.startswith("packed_colwise"):
+            roles[rel], packed[rel] = "in", 2
+        elif style.startswith("colwise"):
+            roles[rel] = "in"
+        elif style.startswith("rowwise"):
+            roles[rel] = "out"
+    return roles, packed
+
+
+def meta_model(config, model_cls=None) -> nn.Module:
+    """The model the config describes (with ``model_cls`` or the head its ``architectures`` names), on
+    the meta device: names and shapes, no memory, no weights."""
+    from ..model_io import auto_class_for
+
+    with torch.device("meta"):
+        if model_cls is not None:
+            return model_cls(config)
+        return auto_class_for(config).from_config(config)
+
+
+def _find_block_list(model: nn.Module, num_layers: int) -> str:
+    """The qualified name of the ModuleList holding the transformer blocks (the largest list of that length)."""
+    best, best_size = None, -1
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == num_layers and num_layers > 0:
+            size = sum(p.numel() for p in mod.parameters())
+            if size > best_size:
+                best, best_size = name, size
+    if best is None:
+        raise UnsupportedArchitecture(
+            f"could not find the list of {num_layers} transformer blocks in {type(model).__name__}"
+        )
+    return best
+
+
+def _match(rel: str, table: Mapping[str, Any]) -> str | None:
+    """The key of ``table`` naming the module (or parameter) that ``rel`` belongs to."""
+    for key in table:
+        if rel == key or rel.startswith(key + "."):
+            return key
+    return None
+
+
+def describe(config, model_cls=None) -> ModelLayout:
+    """Build the :class:`ModelLayout` of ``config`` from a meta-device model (of ``model_cls`` if given)."""
+    family = family_data(config.model_type)
+    model = meta_model(config, model_cls)
+    num_layers = int(config.num_hidden_layers)
+    prefix = _find_block_list(model, num_layers)
+
+    roles, packed = roles_from_tp_plan(config)
+    roles.update(family.roles)
+    packed.update(family.packed)
+    transposed = {
+        name for name, mod in model.named_modules() if type(mod).__name__ == "Conv1D"  # GPT-2: weight is (in, out)
+    }
+    layer_re = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.+)$")
+
+    params: dict[str, ParamInfo] = {}
+    used_roles: set[str] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        m = layer_re.match(name)
+        layer, rel = (int(m.group(1)), m.group(2)) if m else (None, name)
+        role = ffn_field = ffn_axis = None
+        parts, is_bias = 1, name.endswith(".bias")
+        if layer is not None:
+            key = _match(rel, roles)
+            if key is not None:
+                used_roles.add(key)
+                role = roles[key]
+                group = _ffn_group_of(rel, family)
+                if group is not None:
+                    ffn_field = group.field
+                    parts = packed.get(key, 1)
+                    module_name = name.rsplit(".", 1)[0]
+                    ffn_axis = _ffn_axis(role, is_bias, p.ndim, module_name in transposed)
+        params[name] = ParamInfo(name, tuple(p.shape), layer, rel, role, ffn_field, parts, ffn_axis, is_bias)
+
+    missing = [k for k in family.roles if k not in used_roles]
+    if missing:
+        raise UnsupportedArchitecture(
+            f"architecture data for '{config.model_type}' names module(s) {missing} that "
+            f"{type(model).__name__} does not have; fix hf_expand/architectures/data/{config.model_type}.json"
+        )
+    if not any(p.ffn_field for p in params.values()):
+        raise UnsupportedArchitecture(
+            f"no FFN tensor of '{config.model_type}' matches its architecture data "
+            f"(groups {[g.prefix or list(g.modules) for g in family.ffn]}); fix hf_expand/architectures/data/{config.model_type}.json"
+        )
+    residual_out = tuple(sorted(k for k, r in roles.items() if r == "out"))
+    tied = dict(getattr(model, "_tied_weights_keys", None) or {})
+    return ModelLayout(config.model_type, family, prefix, num_layers, params, residual_out, tied)
+
+
+def _ffn_group_of(rel: str, family: FamilyData) -> FfnGroup | None:
+    """The FFN group whose prefix is the longest match for ``rel`` (``mlp.experts.`` beats ``mlp.``)."""
+    best = None
+    for g in family.ffn:
+        if g.contains(rel) and (best is None or len(g.prefix) > len(best.prefix)):
+            best = g
+    return best
+
+
+def _ffn_axis(role: str, is_bias: bool, ndim: int, transposed: bool) -> int | None:
+    """Which axis of a parameter spans the FFN space.
+
+    nn.Linear stores (out, in), so an "in" module's FFN axis is its rows (-2) and an "out" module's is its
+    columns (-1); 3-D MoE experts are (experts, out, in) and follow the same rule. GPT-2's Conv1D stores
+    (in, out): the axes swap. Biases of "in" modules are FFN-sized; those of "out" modules are not.
+    """
+    if is_bias:
+        return -1 if role == "in" else None
+    if ndim < 2:
+        return None
+    rows_axis, cols_axis = (-1, -2) if transposed else (-2, -1)
+    return rows_axis if role == "in" else cols_axis
+
+
+def ffn_size(config, group: FfnGroup) -> int:
+    value = getattr(config, group.field, None)
+    if value is None and group.default_factor_of_hidden:
+        value = int(group.default_factor_of_hidden * config.hidden_size)
+    if value is None:
+        raise UnsupportedArchitecture(f"config of '{config.model_type}' has no value for '{group.field}'")
+    return int(value)
+
+
+def check_refusals(config, op: str) -> None:
+    """Raise when the family's data says ``op`` cannot be applied to this config (and why)."""
+    for r in family_data(config.model_type).refuse:
+        if r.op == op and getattr(config, r.field, None) not in r.allowed:
+            raise UnsupportedArchitecture(
+                f"{op} is not supported for {config.model_type} with {r.field}={getattr(config, r.field, None)!r}: {r.why}"
+            )

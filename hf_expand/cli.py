@@ -1,0 +1,151 @@
+"""Command line: ``hf-expand grow`` and ``hf-expand verify`` (also ``python -m hf_expand``).
+
+User errors print one line (``hf-expand: error: ...``) and exit 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+
+from . import __version__
+from .errors import HfExpandError, PreservationError
+
+log = logging.getLogger("hf_expand")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        raise HfExpandError(f"{message} (see hf-expand {self.prog.split()[-1]} --help)")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hf-expand", description="Grow a trained Hugging Face model with its outputs preserved.")
+    parser.add_argument("--version", action="version", version=f"hf-expand {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    g = sub.add_parser("grow", help="grow a checkpoint (folder or Hub id) into a new folder")
+    g.add_argument("src", help="Hub id or local save_pretrained folder")
+    g.add_argument("--out", help="output folder (must not exist unless --overwrite)")
+    w = g.add_mutually_exclusive_group()
+    w.add_argument("--widen-ffn", type=_positive_float, metavar="F", help="multiply every FFN width by F (> 1)")
+    w.add_argument("--ffn-size", type=_number, metavar="N", help="set every FFN width to N units")
+    g.add_argument("--add-layers", type=_number, metavar="N", help="add N identity layers")
+    g.add_argument("--placement", default="interleave",
+                   help="where new layers go: interleave (default, LLaMA Pro), top, bottom, or indices i,j,... in the grown model")
+    g.add_argument("--init", default="zero", choices=["zero", "split"],
+                   help="FFN init: zero (new output columns zero, default) or split (Net2Net)")
+    g.add_argument("--seed", type=int, default=0, help="seed for new weights (per tensor name)")
+    g.add_argument("--tolerance", type=float, help="max allowed |base - grown| on probe inputs (default by dtype: fp32 1e-4, fp16 1e-2, bf16 5e-2)")
+    g.add_argument("--probe-text", action="append", default=[], metavar="TEXT", help="extra probe text (repeatable)")
+    g.add_argument("--accept-difference", action="store_true", help="write the model even if outputs moved beyond --tolerance")
+    g.add_argument("--dry-run", action="store_true", help="print the plan; read no weights, write nothing")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code from the source")
+
+    v = sub.add_parser("verify", help="compare the outputs of two models (folders or Hub ids) on probe inputs")
+    v.add_argument("base")
+    v.add_argument("grown")
+    v.add_argument("--tolerance", type=float, default=1e-4)
+    v.add_argument("--probe-text", action="append", default=[], metavar="TEXT")
+    v.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _operations(args) -> list:
+    from .ops.add_layers import AddLayers
+    from .ops.widen_ffn import WidenFFN
+
+    ops = []
+    if args.widen_ffn is not None or args.ffn_size is not None:
+        ops.append(WidenFFN(factor=args.widen_ffn, size=args.ffn_size, init=args.init))
+    placement_given = args.placement != "interleave"
+    if args.add_layers is not None or placement_given:
+        count = args.add_layers
+        if count is not None:
+            if not float(count).is_integer():
+                raise HfExpandError(f"--add-layers must be a whole number, got {count:g}")
+            count = int(count)
+        ops.append(AddLayers(count=count, placement=args.placement))
+    if not ops:
+        raise HfExpandError("nothing to grow: pass --widen-ffn F, --ffn-size N and/or --add-layers N")
+    return ops
+
+
+def cmd_grow(args) -> int:
+    from .grow import grow_checkpoint, plan_growth, render_plans
+    from .model_io import check_output_dir, load_config
+
+    ops = _operations(args)
+    if args.dry_run:
+        config = load_config(args.src, args.trust_remote_code)
+        print(render_plans(config, plan_growth(config, ops)))
+        return 0
+    if not args.out:
+        raise HfExpandError("--out DIR is required (or use --dry-run)")
+    check_output_dir(args.out, args.overwrite)
+    report = grow_checkpoint(
+        args.src, args.out, ops, seed=args.seed, tolerance=args.tolerance, probe_texts=args.probe_text,
+        accept_difference=args.accept_difference, overwrite=args.overwrite,
+        trust_remote_code=args.trust_remote_code, command=shlex.join(["hf-expand", *sys.argv[1:]]),
+        progress=not args.quiet,
+    )
+    for o in report.operations:
+        print(f"{o.op}: {o.summary}; params {o.params_before:,} -> {o.params_after:,}; max|diff| {o.max_abs_diff:.3g}")
+    print(f"wrote {args.out} (reloaded max|diff| {report.reloaded_max_abs_diff:.3g}, tolerance {report.tolerance:g})")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    import transformers
+
+    from .model_io import load_model
+    from .verify import make_probes, max_abs_diff, outputs
+
+    base, grown = load_model(args.base), load_model(args.grown)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(args.base) if args.probe_text else None
+    probes = make_probes(base.config, tokenizer, args.probe_text, seed=args.seed)
+    try:
+        diff = max_abs_diff(outputs(base, probes), outputs(grown, probes), probes)
+    except ValueError as exc:
+        raise HfExpandError(f"cannot compare {args.base} and {args.grown}: {exc}") from None
+    ok = diff <= args.tolerance
+    print(f"max |base - grown| = {diff:.3g} ({'within' if ok else 'ABOVE'} tolerance {args.tolerance:g})")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+        return {"grow": cmd_grow, "verify": cmd_verify}[args.command](args)
+    except PreservationError as exc:
+        print(f"hf-expand: error: {exc}", file=sys.stderr)
+        return 1
+    except HfExpandError as exc:
+        print(f"hf-expand: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hf-expand: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""Execute a :class:`~hf_expand.plan.Plan` on tensors.
+
+Randomness is seeded per (seed, tensor name), and the Net2Net split mapping per (seed, unit space), so
+the result never depends on the order in which steps run (or on which shard a tensor sits in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from .plan import Fill, Grow, Plan, TensorStep
+
+# Net2Net split: a small noise that moves weight between a unit and its copy (added to one, subtracted
+# from the other) so their sum, hence the function, is unchanged while the copies can diverge in training.
+SPLIT_NOISE = 1e-2
+
+
+def generator_for(seed: int, name: str) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def split_mapping(seed: int, scope: str, old: int, new: int) -> torch.Tensor:
+    """Which existing unit each of the ``new`` units duplicates: a seeded permutation, cycled."""
+    perm = torch.randperm(old, generator=generator_for(seed, f"split:{scope}"))
+    return perm[torch.arange(new) % old]
+
+
+def _grow(t: torch.Tensor, g: Grow, seed: int, name: str) -> torch.Tensor:
+    axis = g.axis % t.ndim
+    chunks = t.chunk(g.parts, dim=axis) if g.parts > 1 else (t,)
+    out = []
+    for k, chunk in enumerate(chunks):
+        if chunk.shape[axis] != g.old:
+            raise ValueError(f"{name}: expected {g.old} entries per chunk on axis {axis}, found {chunk.shape[axis]}")
+        out.append(_grow_chunk(chunk, axis, g, seed, f"{name}#{k}"))
+    return torch.cat(out, dim=axis)
+
+
+def _grow_chunk(chunk: torch.Tensor, axis: int, g: Grow, seed: int, key: str) -> torch.Tensor:
+    shape = list(chunk.shape)
+    shape[axis] = g.new
+    if g.init == "zero":
+        extra = torch.zeros(shape, dtype=chunk.dtype)
+    elif g.init == "normal":
+        # "At the scale of the existing rows": the std of the existing values, so new units' activations
+        # have the same magnitude as old ones and receive useful gradient.
+        std = chunk.float().std().item() if chunk.numel() > 1 else 0.02
+        std = std if std > 0 else 0.02
+        extra = torch.randn(shape, generator=generator_for(seed, key)).mul_(std).to(chunk.dtype)
+    elif g.init in ("split_in", "split_out"):
+        src = split_mapping(seed, g.scope, g.old, g.new)
+        extra = chunk.index_select(axis, src).clone()
+        if g.init == "split_out":
+            # Net2Net: unit j now exists c_j times with identical activations, so each copy's outgoing
+            # weights are divided by c_j; their sum equals the original column and outputs are unchanged.
+            counts = torch.bincount(src, minlength=g.old).to(chunk.dtype) + 1
+            view = [1] * chunk.ndim
+            view[axis] = -1
+            chunk = chunk / counts.view(view)
+            extra = extra / counts[src].view(view)
+            noise = torch.randn(extra.shape, generator=generator_for(seed, key)) * SPLIT_NOISE * chunk.float().std()
+            noise = noise.to(chunk.dtype)
+            extra = extra + noise
+            chunk = chunk.index_add(axis, src, -noise)
+    else:
+        raise ValueError(f"unknown init {g.init!r}")
+    return torch.cat([chunk, extra], dim=axis)
+
+
+def run_step(step: TensorStep, tensor: torch.Tensor, seed: int) -> torch.Tensor:
+    t = tensor
+    for action in step.actions:
+        if isinstance(action, Grow):
+            t = _grow(t, action, seed, step.target)
+        elif isinstance(action, Fill):
+            t = torch.full_like(t, action.value)
+        else:  # pragma: no cover - plans are built by our own operations
+            raise TypeError(f"unknown action {action!r}")
+    if tuple(t.shape) != tuple(step.shape_after):
+        raise ValueError(f"{step.target}: plan expected shape {step.shape_after}, execution produced {tuple(t.shape)}")
+    return t
+
+
+def execute(plan: Plan, get: Callable[[str], torch.Tensor], seed: int, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(target, tensor)`` for every step; ``get(name)`` supplies source tensors on demand."""
+    for step in tqdm(plan.steps, desc=plan.op, disable=not progress, leave=False):
+        source = get(step.source)
+        if tuple(source.shape) != tuple(step.shape_before):
+            raise ValueError(
+                f"{step.source}: plan expected shape {step.shape_before}, the checkpoint has {tuple(source.shape)}"
+            )
+        yield step.target, run_step(step, source, seed)

@@ -1,0 +1,219 @@
+"""Grow a model: plan each operation, execute it, verify it, and write the result with its growth record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import transformers
+from transformers.initialization import no_init_weights
+
+from . import __version__
+from .architectures import describe
+from .errors import PreservationError
+from .execute import execute
+from .model_io import (
+    atomic_output_dir,
+    auto_class_for,
+    check_output_dir,
+    copy_tokenizer_and_generation_config,
+    load_config,
+    load_model,
+    source_dtype,
+)
+from .ops import sort_operations
+from .ops.common import param_count
+from .plan import WHOLE, Plan, compose_slices
+from .verify import Probes, default_tolerance, make_probes, max_abs_diff, outputs
+
+log = logging.getLogger(__name__)
+
+RECORD_FILE = "hf_expand_growth.json"
+
+
+@dataclass
+class OpReport:
+    op: str
+    params: dict[str, Any]
+    summary: str
+    config_updates: dict[str, Any]
+    params_before: int
+    params_after: int
+    max_abs_diff: float | None = None
+
+
+@dataclass
+class GrowthReport:
+    """What growth did and what it measured; ``to_record()`` is the JSON written beside the weights."""
+
+    operations: list[OpReport]
+    seed: int
+    tolerance: float
+    probes: str = ""
+    new_slices: dict[str, list[dict]] = field(default_factory=dict)
+    modified: dict[str, list[dict]] = field(default_factory=dict)
+    reloaded_max_abs_diff: float | None = None
+
+    @property
+    def max_abs_diff(self) -> float:
+        diffs = [o.max_abs_diff for o in self.operations if o.max_abs_diff is not None]
+        if self.reloaded_max_abs_diff is not None:
+            diffs.append(self.reloaded_max_abs_diff)
+        return max(diffs, default=0.0)
+
+    def to_record(self, **extra) -> dict[str, Any]:
+        return {
+            "hf_expand_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **extra,
+            "seed": self.seed,
+            "tolerance": self.tolerance,
+            "probes": self.probes,
+            "operations": [asdict(o) for o in self.operations],
+            "verification": {"max_abs_diff": self.max_abs_diff, "reloaded_max_abs_diff": self.reloaded_max_abs_diff},
+            "new_slices": self.new_slices,
+            "modified": self.modified,
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            },
+        }
+
+
+def plan_growth(config, operations: Sequence) -> list[Plan]:
+    """Plans for ``operations`` applied in order to ``config``; reads no weights (used by ``--dry-run``)."""
+    plans = []
+    for op in sort_operations(operations):
+        plan = op.plan(config, describe(config))
+        plans.append(plan)
+        config = plan.new_config
+    return plans
+
+
+def render_plans(config, plans: list[Plan], verbose: bool = True) -> str:
+    lines = []
+    for plan, before in zip(plans, [config] + [p.new_config for p in plans[:-1]]):
+        n0, n1 = param_count(describe(before)), param_count(describe(plan.new_config))
+        lines.append(plan.render(verbose))
+        lines.append(f"  parameters: {n0:,} -> {n1:,}")
+    return "\n".join(lines)
+
+
+def _build(cls, config, state_dict: dict[str, torch.Tensor]):
+    """Instantiate ``cls`` for ``config`` without random init and load ``state_dict`` into it."""
+    with no_init_weights():
+        model = cls(config)
+    result = model.load_state_dict(state_dict, strict=False)
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    missing = [k for k in result.missing_keys if k in params]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"grown state dict does not fit {cls.__name__}: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+    return model.eval()
+
+
+def grow_model(
+    model,
+    operations: Sequence,
+    seed: int = 0,
+    tolerance: float | None = None,
+    probes: Probes | None = None,
+    accept_difference: bool = False,
+    progress: bool = False,
+):
+    """Apply ``operations`` to an in-memory ``PreTrainedModel``; return ``(grown_model, GrowthReport)``.
+
+    Each operation is planned from the current config, executed on the state dict, and verified
+    against the base model's outputs on ``probes`` (fp32). Above ``tolerance`` it raises
+    :class:`PreservationError` unless ``accept_difference``. The input model is cast to float32 in
+    place (growth maths runs in fp32); its values are not changed.
+    """
+    model = model.float().eval()
+    tolerance = default_tolerance(source_dtype(model.config)) if tolerance is None else tolerance
+    probes = probes or make_probes(model.config, seed=seed)
+    base_out = outputs(model, probes)
+    report = GrowthReport([], seed, tolerance, probes.description)
+    current = model
+    for op in sort_operations(operations):
+        layout = describe(current.config, type(model))
+        plan = op.plan(current.config, layout)
+        state = current.state_dict()
+        grown_state = dict(execute(plan, state.__getitem__, seed, progress=progress))
+        grown = _build(type(model), plan.new_config, grown_state)
+        diff = max_abs_diff(base_out, outputs(grown, probes), probes)
+        report.operations.append(
+            OpReport(plan.op, plan.params, plan.summary, plan.config_updates,
+                     current.num_parameters(), grown.num_parameters(), diff)
+        )
+        log.info("%s: %s; max |base - grown| = %.3g", plan.op, plan.summary, diff)
+        if diff > tolerance and not accept_difference:
+            raise PreservationError(
+                f"{plan.op} changed the outputs by {diff:.3g} (> tolerance {tolerance:g}); nothing was written. "
+                "Pass --accept-difference to keep it anyway, or report this as a bug"
+            )
+        report.new_slices = compose_slices(report.new_slices, plan, "new_slices")
+        report.modified = compose_slices(report.modified, plan, "modified")
+        current = grown
+    # A tensor that is new as a whole is not "modified": it had no old values.
+    report.modified = {k: v for k, v in report.modified.items() if report.new_slices.get(k) != [WHOLE]}
+    return current, report
+
+
+def grow_checkpoint(
+    src: str,
+    out: str | Path,
+    operations: Sequence,
+    seed: int = 0,
+    tolerance: float | None = None,
+    probe_texts: Sequence[str] | None = None,
+    accept_difference: bool = False,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    command: str | None = None,
+    progress: bool = False,
+) -> GrowthReport:
+    """Load ``src`` (folder or Hub id), grow it, verify it reloaded from disk, write ``out`` atomically."""
+    check_output_dir(out, overwrite)
+    config = load_config(src, trust_remote_code)
+    plan_growth(config, operations)  # fail on bad input before reading any weight
+    model = load_model(src, config, trust_remote_code)
+    tokenizer = None
+    if probe_texts:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+    probes = make_probes(model.config, tokenizer, list(probe_texts or []), seed=seed)
+    dtype = source_dtype(config)
+    grown, report = grow_model(model, operations, seed, tolerance, probes, accept_difference, progress)
+    base_out = outputs(model, probes)
+
+    with atomic_output_dir(out, overwrite) as tmp:
+        grown.to(dtype).save_pretrained(tmp)
+        copied = copy_tokenizer_and_generation_config(src, tmp, trust_remote_code)
+        # The evidence that counts: the folder as written, loaded by stock transformers.
+        reloaded = auto_class_for(grown.config).from_pretrained(tmp, dtype=torch.float32)
+        report.reloaded_max_abs_diff = max_abs_diff(base_out, outputs(reloaded, probes), probes)
+        log.info("reloaded from disk: max |base - grown| = %.3g", report.reloaded_max_abs_diff)
+        if report.reloaded_max_abs_diff > report.tolerance and not accept_difference:
+            raise PreservationError(
+                f"the saved model's outputs differ from the base by {report.reloaded_max_abs_diff:.3g} "
+                f"(> tolerance {report.tolerance:g}); nothing was written"
+            )
+        record = report.to_record(
+            source=src,
+            auto_class=auto_class_for(grown.config).__name__,
+            dtype=str(dtype).removeprefix("torch."),
+            copied=copied,
+            command=command,
+        )
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return report
+
+
+def read_record(folder: str | Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / RECORD_FILE).read_text())

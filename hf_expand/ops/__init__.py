@@ -1,0 +1,39 @@
+"""Growth operations, one module each, registered here by the ``@register`` decorator in that module.
+
+An operation is a frozen dataclass holding its (validated) parameters, with ``plan(config, layout)``
+returning a :class:`~hf_expand.plan.Plan`. ``ORDER`` says in which order several operations of one
+call are applied: FFN widening first, then new layers (which then copy already-widened neighbours).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..architectures import ModelLayout
+from ..plan import Plan
+
+
+class Operation(Protocol):
+    name: str
+
+    def plan(self, config, layout: ModelLayout) -> Plan: ...
+
+
+REGISTRY: dict[str, type] = {}
+ORDER: list[str] = []
+
+
+def register(cls):
+    """Class decorator: make an operation known under ``cls.name`` (its place in ORDER is import order)."""
+    REGISTRY[cls.name] = cls
+    ORDER.append(cls.name)
+    return cls
+
+
+def sort_operations(ops) -> list:
+    return sorted(ops, key=lambda op: ORDER.index(op.name))
+
+
+# Import order is application order.
+from . import widen_ffn as _widen_ffn  # noqa: E402,F401
+from . import add_layers as _add_layers  # noqa: E402,F401

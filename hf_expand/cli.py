@@ -18,7 +18,7 @@ log = logging.getLogger("hf_expand")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + message
-        raise HfExpandError(f"{message} (see hf-expand {self.prog.split()[-1]} --help)")
+        raise HfExpandError(f"{message} (see {self.prog} --help)")
 
 
 def _positive_float(text: str) -> float:
@@ -38,10 +38,11 @@ def _number(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hf-expand", description="Grow a trained Hugging Face model with its outputs preserved.")
     parser.add_argument("--version", action="version", version=f"hf-expand {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="only print results and errors (no logs, no progress bars)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    g = sub.add_parser("grow", help="grow a checkpoint (folder or Hub id) into a new folder")
+    g = sub.add_parser("grow", parents=[common], help="grow a checkpoint (folder or Hub id) into a new folder")
     g.add_argument("src", help="Hub id or local save_pretrained folder")
     g.add_argument("--out", help="output folder (must not exist unless --overwrite)")
     w = g.add_mutually_exclusive_group()
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     g.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code from the source")
 
-    v = sub.add_parser("verify", help="compare the outputs of two models (folders or Hub ids) on probe inputs")
+    v = sub.add_parser("verify", parents=[common], help="compare the outputs of two models (folders or Hub ids) on probe inputs")
     v.add_argument("base")
     v.add_argument("grown")
     v.add_argument("--tolerance", type=float, default=1e-4)
@@ -135,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+        if args.quiet:
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
         return {"grow": cmd_grow, "verify": cmd_verify}[args.command](args)
     except PreservationError as exc:
         print(f"hf-expand: error: {exc}", file=sys.stderr)

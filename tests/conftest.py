@@ -53,7 +53,12 @@ def tiny_config(family: str):
     if family in ("gpt2", "distilbert"):
         for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
             kw.pop(k, None)
-    return AutoConfig.for_model(family, **kw)
+    from transformers.models.auto import modeling_auto
+
+    config = AutoConfig.for_model(family, **kw)
+    mapping = modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES if family in ENCODERS else modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    config.architectures = [mapping[family]]
+    return config
 
 
 def tiny_model(family: str, seed: int = 0):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -178,8 +177,8 @@ def test_minilm_grown_keeps_token_embeddings(tmp_path):
 
 
 def test_console_script_and_module_agree():
-    exe = shutil.which("hf-expand")
-    assert exe, "console script hf-expand is not installed (pip install -e .)"
+    exe = Path(sys.executable).parent / "hf-expand"  # the script installed beside this interpreter
+    assert exe.exists(), "console script hf-expand is not installed (bash scripts/setup.sh)"
     a = subprocess.run([exe, "--version"], capture_output=True, text=True)
     b = subprocess.run([sys.executable, "-m", "hf_expand", "--version"], capture_output=True, text=True)
     assert a.returncode == b.returncode == 0 and a.stdout == b.stdout and "hf-expand" in a.stdout

@@ -135,8 +135,8 @@ def grow_model(
     :class:`PreservationError` unless ``accept_difference``. The input model is cast to float32 in
     place (growth maths runs in fp32); its values are not changed.
     """
+    tolerance = default_tolerance(next(model.parameters()).dtype) if tolerance is None else tolerance
     model = model.float().eval()
-    tolerance = default_tolerance(source_dtype(model.config)) if tolerance is None else tolerance
     probes = probes or make_probes(model.config, seed=seed)
     base_out = outputs(model, probes)
     report = GrowthReport([], seed, tolerance, probes.description)
@@ -188,7 +188,8 @@ def grow_checkpoint(
     if probe_texts:
         tokenizer = transformers.AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
     probes = make_probes(model.config, tokenizer, list(probe_texts or []), seed=seed)
-    dtype = source_dtype(config)
+    dtype = source_dtype(config)  # the checkpoint's dtype (the model itself was loaded in fp32)
+    tolerance = default_tolerance(dtype) if tolerance is None else tolerance
     grown, report = grow_model(model, operations, seed, tolerance, probes, accept_difference, progress)
     base_out = outputs(model, probes)
 

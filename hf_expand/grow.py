@@ -127,18 +127,20 @@ def grow_model(
     probes: Probes | None = None,
     accept_difference: bool = False,
     progress: bool = False,
+    base_outputs: list[torch.Tensor] | None = None,
 ):
     """Apply ``operations`` to an in-memory ``PreTrainedModel``; return ``(grown_model, GrowthReport)``.
 
     Each operation is planned from the current config, executed on the state dict, and verified
     against the base model's outputs on ``probes`` (fp32). Above ``tolerance`` it raises
-    :class:`PreservationError` unless ``accept_difference``. The input model is cast to float32 in
+    :class:`PreservationError` unless ``accept_difference``. ``base_outputs`` (the base model's
+    ``outputs`` on ``probes``) may be passed when the caller already has them. The input model is cast to float32 in
     place (growth maths runs in fp32); its values are not changed.
     """
     tolerance = default_tolerance(next(model.parameters()).dtype) if tolerance is None else tolerance
     model = model.float().eval()
     probes = probes or make_probes(model.config, seed=seed)
-    base_out = outputs(model, probes)
+    base_out = base_outputs if base_outputs is not None else outputs(model, probes)
     report = GrowthReport([], seed, tolerance, probes.description)
     current = model
     for op in sort_operations(operations):
@@ -190,8 +192,9 @@ def grow_checkpoint(
     probes = make_probes(model.config, tokenizer, list(probe_texts or []), seed=seed)
     dtype = source_dtype(config)  # the checkpoint's dtype (the model itself was loaded in fp32)
     tolerance = default_tolerance(dtype) if tolerance is None else tolerance
-    grown, report = grow_model(model, operations, seed, tolerance, probes, accept_difference, progress)
-    base_out = outputs(model, probes)
+    base_out = outputs(model.eval(), probes)
+    grown, report = grow_model(model, operations, seed, tolerance, probes, accept_difference, progress, base_out)
+    del model  # free the base weights before saving
 
     with atomic_output_dir(out, overwrite) as tmp:
         grown.to(dtype).save_pretrained(tmp)

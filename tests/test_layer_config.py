@@ -42,3 +42,10 @@ def test_interleave_spreads_evenly():
     assert [j for j, (new, _) in enumerate(AddLayers(count=2).layer_order(6)) if new] == [3, 7]
     assert [j for j, (new, _) in enumerate(AddLayers(count=3).layer_order(3)) if new] == [1, 3, 5]
     assert [j for j, (new, _) in enumerate(AddLayers(count=2, placement="bottom").layer_order(3)) if new] == [0, 1]
+
+
+def test_max_window_layers_threshold_follows_blocks():
+    model = tiny_model("qwen2")  # max_window_layers=1: layer 0 full attention, layers 1-2 sliding
+    grown, _ = grow_model(model, [AddLayers(count=1, placement="bottom")])  # a copy of layer 0 at 0
+    assert grown.config.max_window_layers == 2
+    assert grown.config.layer_types == ["full_attention", "full_attention", "sliding_attention", "sliding_attention"]

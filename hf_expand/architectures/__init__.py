@@ -31,7 +31,7 @@ from ..errors import UnsupportedArchitecture
 
 DATA_DIR = Path(__file__).parent / "data"
 
-_ALLOWED_KEYS = {"ffn", "roles", "packed", "post_norm", "refuse", "layer_index_fields", "comment"}
+_ALLOWED_KEYS = {"ffn", "roles", "packed", "post_norm", "refuse", "layer_index_fields", "layer_threshold_fields", "comment"}
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ class FamilyData:
     packed: Mapping[str, int]
     post_norm: PostNorm | None
     refuse: tuple[Refusal, ...]
-    layer_index_fields: tuple[str, ...]
+    layer_index_fields: tuple[str, ...]  # config lists of layer indices (mlp_only_layers)
+    layer_threshold_fields: tuple[str, ...]  # config ints that split the stack at an index (max_window_layers)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ def family_data(model_type: str) -> FamilyData:
         post_norm=PostNorm(tuple(post["branch_norms"]), post["final_norm"], post["embed_norm"]) if post else None,
         refuse=tuple(Refusal(r["op"], r["field"], tuple(r["allowed"]), r["why"]) for r in raw.get("refuse", [])),
         layer_index_fields=tuple(raw.get("layer_index_fields", [])),
+        layer_threshold_fields=tuple(raw.get("layer_threshold_fields", [])),
     )
 
 

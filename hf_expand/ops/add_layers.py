@@ -186,6 +186,11 @@ class AddLayers:
         for key in layout.family.layer_index_fields:
             old = set(getattr(config, key, None) or [])
             updates[key] = [j for j, (_, src) in enumerate(order) if src in old]
+        for key in layout.family.layer_threshold_fields:
+            # "layers below index t" stays the same set of blocks: count the positions copied from them.
+            old = getattr(config, key, None)
+            if isinstance(old, int):
+                updates[key] = sum(1 for _, src in order if src < old)
         return updates
 
 

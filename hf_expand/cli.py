@@ -94,6 +94,8 @@ def cmd_grow(args) -> int:
     from .grow import grow_checkpoint, plan_growth, render_plans
     from .model_io import check_output_dir, load_config
 
+    if args.tolerance is not None and not args.tolerance >= 0:
+        raise HfExpandError(f"--tolerance must be a number >= 0, got {args.tolerance}")
     ops = _operations(args)
     if args.dry_run:
         config = load_config(args.src, args.trust_remote_code)

@@ -46,6 +46,8 @@ BAD_INPUTS = {
     "placement_garbage": (["--add-layers", "1", "--placement", "middle"], "interleave, top, bottom"),
     "placement_count_mismatch": (["--add-layers", "3", "--placement", "1,2"], "does not match"),
     "nothing_to_do": ([], "nothing to grow"),
+    "negative_tolerance": (["--add-layers", "1", "--tolerance", "-1"], "--tolerance must be"),
+    "negative_position": (["--placement", "-1"], "non-negative"),
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shlex
 import sys
 
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="output folder (must not exist unless --overwrite)")
     w = g.add_mutually_exclusive_group()
     w.add_argument("--widen-ffn", type=_positive_float, metavar="F", help="multiply every FFN width by F (> 1)")
-    w.add_argument("--ffn-size", type=_number, metavar="N", help="set every FFN width to N units")
+    w.add_argument("--ffn-size", type=_number, metavar="N", help="set the FFN width to N units (MoE: the experts' width; the shared expert and dense MLPs scale by the same ratio)")
     g.add_argument("--add-layers", type=_number, metavar="N", help="add N identity layers")
     g.add_argument("--placement", default="interleave",
                    help="where new layers go: interleave (default, LLaMA Pro), top, bottom, or indices i,j,... in the grown model")
@@ -85,17 +86,25 @@ def _operations(args) -> list:
                 raise HfExpandError(f"--add-layers must be a whole number, got {count:g}")
             count = int(count)
         ops.append(AddLayers(count=count, placement=args.placement))
+    if args.init != "zero" and not any(op.name == "widen_ffn" for op in ops):
+        raise HfExpandError("--init applies to FFN widening; add --widen-ffn F or --ffn-size N")
     if not ops:
         raise HfExpandError("nothing to grow: pass --widen-ffn F, --ffn-size N and/or --add-layers N")
     return ops
+
+
+def _check_common(args) -> None:
+    if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        raise HfExpandError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
+    if not 0 <= args.seed < 2**63:
+        raise HfExpandError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
 
 
 def cmd_grow(args) -> int:
     from .grow import grow_checkpoint, plan_growth, render_plans
     from .model_io import check_output_dir, load_config
 
-    if args.tolerance is not None and not args.tolerance >= 0:
-        raise HfExpandError(f"--tolerance must be a number >= 0, got {args.tolerance}")
+    _check_common(args)
     ops = _operations(args)
     if args.dry_run:
         config = load_config(args.src, args.trust_remote_code)
@@ -103,7 +112,7 @@ def cmd_grow(args) -> int:
         return 0
     if not args.out:
         raise HfExpandError("--out DIR is required (or use --dry-run)")
-    check_output_dir(args.out, args.overwrite)
+    check_output_dir(args.out, args.overwrite, args.src)
     report = grow_checkpoint(
         args.src, args.out, ops, seed=args.seed, tolerance=args.tolerance, probe_texts=args.probe_text,
         accept_difference=args.accept_difference, overwrite=args.overwrite,
@@ -117,13 +126,12 @@ def cmd_grow(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    import transformers
-
-    from .model_io import load_model
+    from .model_io import load_model, load_probe_tokenizer
     from .verify import make_probes, max_abs_diff, outputs
 
+    _check_common(args)
+    tokenizer = load_probe_tokenizer(args.base) if args.probe_text else None
     base, grown = load_model(args.base), load_model(args.grown)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(args.base) if args.probe_text else None
     probes = make_probes(base.config, tokenizer, args.probe_text, seed=args.seed)
     try:
         diff = max_abs_diff(outputs(base, probes), outputs(grown, probes), probes)

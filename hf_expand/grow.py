@@ -21,6 +21,7 @@ from .errors import PreservationError
 from .execute import execute
 from .model_io import (
     atomic_output_dir,
+    load_probe_tokenizer,
     auto_class_for,
     check_output_dir,
     copy_tokenizer_and_generation_config,
@@ -182,13 +183,11 @@ def grow_checkpoint(
     progress: bool = False,
 ) -> GrowthReport:
     """Load ``src`` (folder or Hub id), grow it, verify it reloaded from disk, write ``out`` atomically."""
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, src)
     config = load_config(src, trust_remote_code)
     plan_growth(config, operations)  # fail on bad input before reading any weight
+    tokenizer = load_probe_tokenizer(src, trust_remote_code) if probe_texts else None
     model = load_model(src, config, trust_remote_code)
-    tokenizer = None
-    if probe_texts:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
     probes = make_probes(model.config, tokenizer, list(probe_texts or []), seed=seed)
     dtype = source_dtype(config)  # the checkpoint's dtype (the model itself was loaded in fp32)
     tolerance = default_tolerance(dtype) if tolerance is None else tolerance
@@ -196,7 +195,7 @@ def grow_checkpoint(
     grown, report = grow_model(model, operations, seed, tolerance, probes, accept_difference, progress, base_out)
     del model  # free the base weights before saving
 
-    with atomic_output_dir(out, overwrite) as tmp:
+    with atomic_output_dir(out, overwrite, src) as tmp:
         grown.to(dtype).save_pretrained(tmp)
         copied = copy_tokenizer_and_generation_config(src, tmp, trust_remote_code)
         # The evidence that counts: the folder as written, loaded by stock transformers.

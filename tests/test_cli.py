@@ -48,6 +48,13 @@ BAD_INPUTS = {
     "nothing_to_do": ([], "nothing to grow"),
     "negative_tolerance": (["--add-layers", "1", "--tolerance", "-1"], "--tolerance must be"),
     "negative_position": (["--placement", "-1"], "non-negative"),
+    "nan_tolerance": (["--add-layers", "1", "--tolerance", "nan"], "--tolerance must be"),
+    "infinite_factor": (["--widen-ffn", "inf"], "is above"),
+    "huge_size": (["--ffn-size", "1e30"], "beyond any trainable width"),
+    "huge_count": (["--add-layers", "1e12"], "is more than"),
+    "seed_overflow": (["--add-layers", "1", "--seed", "99999999999999999999999"], "--seed must be"),
+    "empty_position": (["--placement", "1,,2"], "comma-separated"),
+    "init_without_widen": (["--add-layers", "1", "--init", "split"], "--init applies to FFN widening"),
 }
 
 
@@ -202,3 +209,32 @@ def test_loads_without_hf_expand(tiny_checkpoints, tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ok Phi3ForCausalLM" in proc.stdout
+
+
+def test_output_paths_that_would_lose_data(capsys, tmp_path):
+    from conftest import tiny_model
+
+    parent = tmp_path / "parent"
+    src = parent / "model"
+    tiny_model("llama").save_pretrained(src)
+    (parent / "notes.txt").write_text("keep me")
+    before = sorted(p.name for p in src.iterdir())
+    for out, message in [(src, "is the source model or contains it"), (parent, "is the source model or contains it"),
+                         (parent / "notes.txt" / "sub", "is a file, not a folder")]:
+        code, _, err = run_cli(capsys, "grow", src, "--out", out, "--add-layers", "1", "--overwrite")
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in src.iterdir()) == before and (parent / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in parent.iterdir()) == ["model", "notes.txt"]
+
+
+def test_probe_text_without_tokenizer(capsys, llama_dir, tmp_path):
+    code, _, err = run_cli(capsys, "grow", llama_dir, "--out", tmp_path / "out", "--add-layers", "1", "--probe-text", "hi")
+    assert code == 2 and "--probe-text needs a tokenizer" in err and err.count("\n") == 1
+    assert_nothing_written(tmp_path)
+
+
+def test_output_folder_is_readable_like_any_new_folder(capsys, llama_dir, tmp_path):
+    code, _, _ = run_cli(capsys, "grow", llama_dir, "--out", tmp_path / "out", "--add-layers", "1")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert code == 0 and (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask

@@ -81,3 +81,20 @@ def test_verify_command(tiny_checkpoints, tmp_path, capsys):
     capsys.readouterr()
     assert main(["verify", str(base), str(other)]) == 1
     assert "ABOVE tolerance" in capsys.readouterr().out
+
+
+def test_ffn_size_leaves_unused_ffn_fields_alone():
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config("qwen2_moe")
+    config.mlp_only_layers = []  # no dense layer: intermediate_size is used by no tensor
+    config.intermediate_size = 37
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    from hf_expand import grow_model
+
+    grown, report = grow_model(model, [WidenFFN(size=132)])
+    assert grown.config.moe_intermediate_size == 132
+    assert grown.config.shared_expert_intermediate_size == 132  # same ratio (88 -> 132)
+    assert grown.config.intermediate_size == 37
+    assert report.operations[0].max_abs_diff <= 1e-5

@@ -31,6 +31,7 @@ from . import register
 from .common import updated_config
 
 PLACEMENTS = ("interleave", "top", "bottom")
+MAX_NEW_LAYERS = 10_000
 
 
 @register
@@ -65,6 +66,8 @@ class AddLayers:
             raise HfExpandError(f"--add-layers needs a whole number of layers, got {self.count!r}")
         if self.count < 1:
             raise HfExpandError(f"--add-layers must be at least 1, got {self.count}")
+        if self.count > MAX_NEW_LAYERS:
+            raise HfExpandError(f"--add-layers {self.count} is more than {MAX_NEW_LAYERS} new layers; is that a typo?")
 
     def layer_order(self, num_layers: int) -> list[tuple[bool, int]]:
         """The grown stack as (is_new, source layer index) for each position."""
@@ -196,7 +199,7 @@ class AddLayers:
 
 def parse_positions(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(t) for t in text.split(",") if t.strip() != "")
+        return tuple(int(t) for t in text.split(","))
     except ValueError:
         raise HfExpandError(
             f"--placement must be interleave, top, bottom or comma-separated layer indices like 2,5; got {text!r}"

@@ -26,6 +26,7 @@ from . import register
 from .common import updated_config
 
 INITS = ("zero", "split")
+MAX_FACTOR = 1024
 
 
 @register
@@ -43,16 +44,21 @@ class WidenFFN:
             raise HfExpandError("widen_ffn needs exactly one of a factor (--widen-ffn F) or a size (--ffn-size N)")
         if self.factor is not None and not (isinstance(self.factor, (int, float)) and self.factor > 1):
             raise HfExpandError(f"--widen-ffn factor must be greater than 1, got {self.factor}; e.g. --widen-ffn 1.5")
+        if self.factor is not None and not self.factor <= MAX_FACTOR:
+            raise HfExpandError(f"--widen-ffn factor {self.factor} is above {MAX_FACTOR}; is that a typo?")
         if self.size is not None:
             if isinstance(self.size, bool) or not float(self.size).is_integer() or self.size <= 0:
                 raise HfExpandError(f"--ffn-size must be a positive whole number, got {self.size}")
+            if self.size >= 2**31:
+                raise HfExpandError(f"--ffn-size {self.size:g} is beyond any trainable width (2**31); is that a typo?")
             object.__setattr__(self, "size", int(self.size))
         if self.init not in INITS:
             raise HfExpandError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
 
     def targets(self, config, layout: ModelLayout) -> dict[str, tuple[int, int]]:
         """config field -> (old width, new width) for every FFN space of the family."""
-        groups = layout.family.ffn
+        used = {p.ffn_field for p in layout.params.values() if p.ffn_field}
+        groups = [g for g in layout.family.ffn if g.field in used]  # a config field no layer uses stays as it is
         primary_old = ffn_size(config, groups[0])
         if self.size is not None:
             if self.size <= primary_old:

@@ -22,18 +22,12 @@ class _Parser(argparse.ArgumentParser):
         raise HfExpandError(f"{message} (see {self.prog} --help)")
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
+    """Parse any number; range and wholeness are checked by the operations, with their own messages."""
     try:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("src", help="Hub id or local save_pretrained folder")
     g.add_argument("--out", help="output folder (must not exist unless --overwrite)")
     w = g.add_mutually_exclusive_group()
-    w.add_argument("--widen-ffn", type=_positive_float, metavar="F", help="multiply every FFN width by F (> 1)")
+    w.add_argument("--widen-ffn", type=_number, metavar="F", help="multiply every FFN width by F (> 1)")
     w.add_argument("--ffn-size", type=_number, metavar="N", help="set the FFN width to N units (MoE: the experts' width; the shared expert and dense MLPs scale by the same ratio)")
     g.add_argument("--add-layers", type=_number, metavar="N", help="add N identity layers")
     g.add_argument("--placement", default="interleave",

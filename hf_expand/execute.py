@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from .plan import Fill, Grow, Plan, TensorStep
+from .plan import Fill, Grow, Plan, Remap, Scale, SetRows, TensorStep
 
 # Net2Net split: a small noise that moves weight between a unit and its copy (added to one, subtracted
 # from the other) so their sum, hence the function, is unchanged while the copies can diverge in training.
@@ -72,13 +72,64 @@ def _grow_chunk(chunk: torch.Tensor, axis: int, g: Grow, seed: int, key: str) ->
     return torch.cat([chunk, extra], dim=axis)
 
 
+def _remap(t: torch.Tensor, r: Remap, seed: int, key: str) -> torch.Tensor:
+    axis = r.axis % t.ndim
+    idx = torch.tensor(r.element_index(), dtype=torch.long)
+    old_len = sum(space.old * unit for space, unit in r.segments)
+    if t.shape[axis] != old_len:
+        raise ValueError(f"{key}: expected {old_len} entries on axis {axis}, found {t.shape[axis]}")
+    view = [1] * t.ndim
+    view[axis] = -1
+    is_new = (idx < 0).view(view)
+    src = idx.clamp(min=0)
+    out = t.index_select(axis, src)
+    std = t.float().std().item() if t.numel() > 1 else 0.02
+    std = std if std > 0 else 0.02
+    if r.reads:
+        # x is replicated: sum_j W_j x = W x when the copies W_j of a column sum to W.
+        counts = torch.bincount(idx[idx >= 0], minlength=old_len).clamp(min=1).to(t.dtype)
+        out = out / counts[src].view(view)
+        if r.noise:
+            # Zero-sum noise within each group of copies: the sum over copies, hence the output, is unchanged.
+            noise = torch.randn(out.shape, generator=generator_for(seed, key)) * (r.noise * std)
+            noise = noise.to(t.dtype).masked_fill(is_new, 0)
+            sums = torch.zeros_like(t).index_add(axis, src, noise)
+            noise = noise - (sums / counts.view(view)).index_select(axis, src)
+            out = out + noise
+        return out.masked_fill(is_new, 0)
+    if r.new_init == "zero":
+        return out.masked_fill(is_new, 0)
+    fresh = (torch.randn(out.shape, generator=generator_for(seed, key)) * std).to(t.dtype)
+    return torch.where(is_new, fresh, out)
+
+
+def _set_rows(t: torch.Tensor, a: SetRows) -> torch.Tensor:
+    axis = a.axis % t.ndim
+    old = t.shape[axis]
+    shape = list(t.shape)
+    shape[axis] = max(a.size, old)
+    out = torch.zeros(shape, dtype=t.dtype)
+    out.narrow(axis, 0, old).copy_(t)
+    overall = t.mean(dim=axis, keepdim=True)
+    for i, sources in a.rows:
+        value = t.index_select(axis, torch.tensor(sources)).mean(dim=axis, keepdim=True) if sources else overall
+        out.narrow(axis, i, 1).copy_(value + a.offset)
+    return out.narrow(axis, 0, a.size)
+
+
 def run_step(step: TensorStep, tensor: torch.Tensor, seed: int) -> torch.Tensor:
     t = tensor
-    for action in step.actions:
+    for k, action in enumerate(step.actions):
         if isinstance(action, Grow):
             t = _grow(t, action, seed, step.target)
         elif isinstance(action, Fill):
             t = torch.full_like(t, action.value)
+        elif isinstance(action, Remap):
+            t = _remap(t, action, seed, f"{step.target}@{k}")
+        elif isinstance(action, Scale):
+            t = t * action.mul + action.add
+        elif isinstance(action, SetRows):
+            t = _set_rows(t, action)
         else:  # pragma: no cover - plans are built by our own operations
             raise TypeError(f"unknown action {action!r}")
     if tuple(t.shape) != tuple(step.shape_after):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -17,7 +18,7 @@ from transformers.initialization import no_init_weights
 
 from . import __version__
 from .architectures import describe
-from .errors import PreservationError
+from .errors import HfExpandError, PreservationError
 from .execute import execute
 from .model_io import (
     atomic_output_dir,
@@ -32,7 +33,7 @@ from .model_io import (
 from .ops import sort_operations
 from .ops.common import param_count
 from .plan import WHOLE, Plan, compose_slices
-from .verify import Probes, default_tolerance, make_probes, max_abs_diff, outputs
+from .verify import Probes, default_tolerance, make_probes, max_abs_diff, new_output_measures, outputs
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class OpReport:
     params_before: int
     params_after: int
     max_abs_diff: float | None = None
+    notes: list[str] = field(default_factory=list)
+    measures: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,6 +64,7 @@ class GrowthReport:
     new_slices: dict[str, list[dict]] = field(default_factory=dict)
     modified: dict[str, list[dict]] = field(default_factory=dict)
     reloaded_max_abs_diff: float | None = None
+    tokenizer: Any = None  # the grown tokenizer when tokens were added (not part of the record)
 
     @property
     def max_abs_diff(self) -> float:
@@ -150,12 +154,23 @@ def grow_model(
         state = current.state_dict()
         grown_state = dict(execute(plan, state.__getitem__, seed, progress=progress))
         grown = _build(type(model), plan.new_config, grown_state)
-        diff = max_abs_diff(base_out, outputs(grown, probes), probes)
-        report.operations.append(
-            OpReport(plan.op, plan.params, plan.summary, plan.config_updates,
-                     current.num_parameters(), grown.num_parameters(), diff)
-        )
+        grown_out = outputs(grown, probes)
+        diff = max_abs_diff(base_out, grown_out, probes)
+        op_report = OpReport(plan.op, plan.params, plan.summary, plan.config_updates,
+                             current.num_parameters(), grown.num_parameters(), diff, list(plan.notes))
+        if plan.new_outputs is not None:
+            op_report.measures = new_output_measures(base_out, grown_out, probes, plan.new_outputs)
+            op_report.notes.append(
+                f"new outputs take {op_report.measures['new_probability_mass']:.3%} of the probability mass on the probe "
+                f"inputs; predictions changed at {op_report.measures['predictions_changed']} of "
+                f"{op_report.measures['positions']} positions"
+            )
+        report.operations.append(op_report)
+        if "tokenizer" in plan.extra_files:
+            report.tokenizer = plan.extra_files["tokenizer"]
         log.info("%s: %s; max |base - grown| = %.3g", plan.op, plan.summary, diff)
+        for note in op_report.notes:
+            log.info("  %s", note)
         if diff > tolerance and not accept_difference:
             raise PreservationError(
                 f"{plan.op} changed the outputs by {diff:.3g} (> tolerance {tolerance:g}); nothing was written. "
@@ -185,6 +200,7 @@ def grow_checkpoint(
     """Load ``src`` (folder or Hub id), grow it, verify it reloaded from disk, write ``out`` atomically."""
     check_output_dir(out, overwrite, src)
     config = load_config(src, trust_remote_code)
+    operations = with_tokenizer(operations, src, trust_remote_code)
     plan_growth(config, operations)  # fail on bad input before reading any weight
     tokenizer = load_probe_tokenizer(src, trust_remote_code) if probe_texts else None
     model = load_model(src, config, trust_remote_code)
@@ -198,6 +214,9 @@ def grow_checkpoint(
     with atomic_output_dir(out, overwrite, src) as tmp:
         grown.to(dtype).save_pretrained(tmp)
         copied = copy_tokenizer_and_generation_config(src, tmp, trust_remote_code)
+        if report.tokenizer is not None:
+            report.tokenizer.save_pretrained(tmp)  # the grown tokenizer replaces the copied one
+            copied = sorted(set(copied) | {"tokenizer"})
         # The evidence that counts: the folder as written, loaded by stock transformers.
         reloaded = auto_class_for(grown.config).from_pretrained(tmp, dtype=torch.float32)
         report.reloaded_max_abs_diff = max_abs_diff(base_out, outputs(reloaded, probes), probes)
@@ -216,6 +235,19 @@ def grow_checkpoint(
         )
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return report
+
+
+def with_tokenizer(operations: Sequence, src: str, trust_remote_code: bool = False) -> list:
+    """Give operations that need the model's tokenizer (add_tokens) the one of ``src``."""
+    ops = list(operations)
+    for i, op in enumerate(ops):
+        if hasattr(op, "tokenizer") and op.tokenizer is None:
+            try:
+                tok = transformers.AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+            except (OSError, ValueError, KeyError, TypeError):
+                raise HfExpandError(f"--add-tokens needs the model's tokenizer, and none could be loaded from {src}") from None
+            ops[i] = dataclasses.replace(op, tokenizer=tok)
+    return ops
 
 
 def read_record(folder: str | Path) -> dict[str, Any]:

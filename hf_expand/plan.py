@@ -45,7 +45,97 @@ class Fill:
         return f"fill {self.value:g}"
 
 
-Action = Union[Grow, Fill]
+@dataclass(frozen=True)
+class SpaceMap:
+    """How a space (hidden units, query heads, kv heads…) grows: new entry ``j`` copies old entry
+    ``index[j]``, or is a new entry where ``index[j] == -1``. Old entries may move (heads regrouped
+    under fixed kv heads) or appear several times (replicas when the hidden size is multiplied)."""
+
+    name: str
+    old: int
+    index: tuple[int, ...]
+
+    @property
+    def new(self) -> int:
+        return len(self.index)
+
+    @classmethod
+    def tile(cls, name: str, old: int, k: int) -> "SpaceMap":
+        """``k`` replicas of the whole space, one after another."""
+        return cls(name, old, tuple(range(old)) * k)
+
+    @classmethod
+    def append(cls, name: str, old: int, n: int) -> "SpaceMap":
+        """The old entries in place, then ``n`` new ones."""
+        return cls(name, old, tuple(range(old)) + (-1,) * n)
+
+
+@dataclass(frozen=True)
+class Remap:
+    """Rebuild ``axis`` from ``segments``: consecutive (space, unit) pairs, each spanning
+    ``space.old * unit`` entries before and ``space.new * unit`` after (a fused qkv axis has three).
+
+    ``reads``: the axis is the input side of a linear map (it reads the space's activations). Copies of a
+    replicated activation then share its weight (each is divided by its number of copies, plus noise
+    that cancels across the copies, of relative size ``noise``) and new entries start at zero, so the
+    output is unchanged. Otherwise (rows, biases, norms, embeddings) copies copy and new entries are
+    drawn at the scale of the tensor (``new_init`` normal) or set to zero.
+    """
+
+    axis: int
+    segments: tuple[tuple[SpaceMap, int], ...]
+    reads: bool
+    noise: float = 0.0
+    new_init: str = "normal"
+
+    def element_index(self) -> list[int]:
+        """Source position on the old axis (or -1) of every entry of the new axis."""
+        return element_index(self.segments)
+
+    def describe(self) -> str:
+        spaces = " + ".join(f"{s.name}[{s.old}->{s.new}]" + (f"x{u}" if u > 1 else "") for s, u in self.segments)
+        how = "read side: copies split" if self.reads else "copy"
+        return f"remap axis {self.axis} by {spaces} ({how}{f', noise {self.noise:g}' if self.noise else ''})"
+
+
+def element_index(segments) -> list[int]:
+    """Element-level index of consecutive (space, unit) segments laid end to end along one axis."""
+    out, offset = [], 0
+    for space, unit in segments:
+        for i in space.index:
+            out.extend([-1] * unit if i < 0 else range(offset + i * unit, offset + (i + 1) * unit))
+        offset += space.old * unit
+    return out
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Multiply the tensor by ``mul`` and add ``add`` (embedding scale, folded norms)."""
+
+    mul: float
+    add: float = 0.0
+
+    def describe(self) -> str:
+        return f"scale x{self.mul:g}" + (f" {self.add:+g}" if self.add else "")
+
+
+@dataclass(frozen=True)
+class SetRows:
+    """Resize ``axis`` to ``size`` (old entries keep their index) and set entry ``i`` to the mean of the
+    old entries ``sources`` for each ``(i, sources)`` in ``rows`` (no sources: the mean of all old entries),
+    plus ``offset``."""
+
+    axis: int
+    size: int
+    rows: tuple[tuple[int, tuple[int, ...]], ...]
+    offset: float = 0.0
+
+    def describe(self) -> str:
+        return f"set {len(self.rows)} entries on axis {self.axis} to means of existing ones" + (
+            f" {self.offset:+g}" if self.offset else "")
+
+
+Action = Union[Grow, Fill, Remap, Scale, SetRows]
 
 
 @dataclass(frozen=True)
@@ -74,6 +164,10 @@ class Plan:
     # target name -> list of slices; a slice is {"axis": a, "start": s, "stop": e} or {"axis": None} (whole)
     new_slices: dict[str, list[dict]] = field(default_factory=dict)
     modified: dict[str, list[dict]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what a user should know (ties kept or broken, duplicates)
+    # (start, stop) of new entries on the last axis of the model's main output (new labels, new tokens)
+    new_outputs: tuple[int, int] | None = None
+    extra_files: dict[str, Any] = field(default_factory=dict)  # e.g. {"tokenizer": grown tokenizer}
 
     def render(self, verbose: bool = True) -> str:
         lines = [f"{self.op}: {self.summary}"]
@@ -86,6 +180,7 @@ class Plan:
                 acts = "; ".join(a.describe() for a in s.actions) or "copy"
                 shape = f"{list(s.shape_before)} -> {list(s.shape_after)}"
                 lines.append(f"  {s.target}{src}  {shape}  {acts}")
+        lines.extend(f"  note: {n}" for n in self.notes)
         lines.append(f"  ({len(changed)} tensors changed, {len(self.steps) - len(changed)} unchanged)")
         return "\n".join(lines)
 

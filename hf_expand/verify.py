@@ -76,15 +76,50 @@ def outputs(model, probes: Probes) -> list[torch.Tensor]:
     ]
 
 
+def old_part(base: torch.Tensor, grown: torch.Tensor) -> torch.Tensor:
+    """The grown output restricted to the base's entries.
+
+    Growth appends new outputs after the old ones (new labels, new tokens, hidden-state replicas), so
+    when only the last axis is longer, its first ``base.shape[-1]`` entries are the ones to compare.
+    """
+    if grown.shape == base.shape:
+        return grown
+    if grown.shape[:-1] == base.shape[:-1] and grown.shape[-1] > base.shape[-1]:
+        return grown[..., : base.shape[-1]]
+    raise ValueError(f"output shapes differ: base {tuple(base.shape)} vs grown {tuple(grown.shape)}")
+
+
+def _mask_of(batch, t: torch.Tensor) -> torch.Tensor | None:
+    mask = batch["attention_mask"]
+    return mask.bool() if t.ndim >= 2 and t.shape[:2] == mask.shape else None
+
+
+def new_output_measures(base: list[torch.Tensor], grown: list[torch.Tensor], probes: Probes, new: tuple[int, int]) -> dict:
+    """Probability mass the new outputs (``new`` = (start, stop) on the last axis) take under softmax,
+    and how many argmax predictions changed, over the non-padded probe positions."""
+    mass, changed, total = 0.0, 0, 0
+    for a, b, batch in zip(base, grown, probes.batches):
+        p = b.float().softmax(-1)[..., new[0] : new[1]].sum(-1)
+        flips = a.argmax(-1) != b.argmax(-1)
+        mask = _mask_of(batch, b)
+        if mask is not None:
+            p, flips = p[mask], flips[mask]
+        mass += float(p.sum())
+        changed += int(flips.sum())
+        total += p.numel()
+    return {"new_probability_mass": mass / max(total, 1), "predictions_changed": changed, "positions": total}
+
+
 def max_abs_diff(base: list[torch.Tensor], grown: list[torch.Tensor], probes: Probes) -> float:
-    """Max |base - grown| over the non-padded positions of every probe batch."""
+    """Max |base - grown| over the non-padded positions of every probe batch (old outputs only: see
+    :func:`old_part`)."""
     worst = 0.0
     for a, b, batch in zip(base, grown, probes.batches):
-        if a.shape != b.shape:
-            raise ValueError(f"output shapes differ: base {tuple(a.shape)} vs grown {tuple(b.shape)}")
+        b = old_part(a, b)
         diff = (a - b).abs()
-        if diff.ndim >= 2 and diff.shape[:2] == batch["attention_mask"].shape:
-            diff = diff[batch["attention_mask"].bool()]
+        mask = _mask_of(batch, diff)
+        if mask is not None:
+            diff = diff[mask]
         worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
     return worst
 

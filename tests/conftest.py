@@ -43,6 +43,7 @@ FAMILY_CONFIGS = {
     "distilbert": {"dim": 64, "hidden_dim": 88, "n_layers": 3, "n_heads": 4},
 }
 POST_NORM = {"bert", "roberta", "distilbert"}
+NO_GQA = {"gpt2", "gpt_neox", "opt", "bert", "roberta", "distilbert"}  # no num_key_value_heads field
 ENCODERS = {"bert", "roberta", "distilbert"}
 
 
@@ -50,6 +51,8 @@ def tiny_config(family: str):
     from transformers import AutoConfig
 
     kw = {**COMMON, **FAMILY_CONFIGS[family]}
+    if family in NO_GQA:
+        kw.pop("num_key_value_heads")
     if family in ("gpt2", "distilbert"):
         for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
             kw.pop(k, None)

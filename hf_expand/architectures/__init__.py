@@ -31,7 +31,10 @@ from ..errors import UnsupportedArchitecture
 
 DATA_DIR = Path(__file__).parent / "data"
 
-_ALLOWED_KEYS = {"ffn", "roles", "packed", "post_norm", "refuse", "layer_index_fields", "layer_threshold_fields", "comment"}
+_ALLOWED_KEYS = {
+    "ffn", "roles", "packed", "post_norm", "refuse", "layer_index_fields", "layer_threshold_fields", "comment",
+    "qkv_sections", "head_norms", "norm_offset", "embed_scale", "hidden_sized_fields",
+}
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,10 @@ class PostNorm:
 
 @dataclass(frozen=True)
 class Refusal:
+    """``op`` is refused when config ``field`` is not one of ``allowed`` (no field: always refused)."""
+
     op: str
-    field: str
+    field: str | None
     allowed: tuple[Any, ...]
     why: str
 
@@ -79,6 +84,14 @@ class FamilyData:
     refuse: tuple[Refusal, ...]
     layer_index_fields: tuple[str, ...]  # config lists of layer indices (mlp_only_layers)
     layer_threshold_fields: tuple[str, ...]  # config ints that split the stack at an index (max_window_layers)
+    # Fused attention projections: layer-relative module -> the head spaces along its output axis, in
+    # order ("q", "kv"; "q*3" = per-head interleaved q,k,v as in GPT-NeoX).
+    qkv_sections: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Norms whose output feeds a tied output embedding (full names without .weight), first present wins.
+    head_norms: tuple[str, ...] = ()
+    norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (offset + weight)
+    embed_scale: str | None = None  # "sqrt_hidden": embeddings are multiplied by sqrt(hidden_size)
+    hidden_sized_fields: tuple[str, ...] = ()  # other config fields equal to the hidden size (OPT's word_embed_proj_dim)
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,8 @@ class ParamInfo:
     parts: int  # packed projections: how many equal chunks the FFN axis holds (gate_up -> 2)
     ffn_axis: int | None  # axis that spans the FFN space, or None
     is_bias: bool
+    input_axis: int | None = None  # axis multiplied with the module's input (Linear: -1, Conv1D: 0); None for
+    # embeddings, norms and biases
 
 
 @dataclass(frozen=True)
@@ -106,7 +121,10 @@ class ModelLayout:
     num_layers: int
     params: Mapping[str, ParamInfo]
     residual_out: tuple[str, ...]  # layer-relative modules whose output is added to the residual stream
-    tied: Mapping[str, str]
+    tied: Mapping[str, str]  # parameter -> the parameter it is tied to (only ties the config turns on)
+    model_cls: Any = None  # the class described (growth describes the grown config with the same class)
+    input_embedding: str | None = None  # parameter name of the token embedding matrix
+    output_embedding: str | None = None  # parameter name of the LM head matrix, if any
 
     def layer_params(self, i: int) -> list[ParamInfo]:
         return [p for p in self.params.values() if p.layer == i]
@@ -135,9 +153,14 @@ def family_data(model_type: str) -> FamilyData:
         roles=dict(raw.get("roles", {})),
         packed=dict(raw.get("packed", {})),
         post_norm=PostNorm(tuple(post["branch_norms"]), post["final_norm"], post["embed_norm"]) if post else None,
-        refuse=tuple(Refusal(r["op"], r["field"], tuple(r["allowed"]), r["why"]) for r in raw.get("refuse", [])),
+        refuse=tuple(Refusal(r["op"], r.get("field"), tuple(r.get("allowed", ())), r["why"]) for r in raw.get("refuse", [])),
         layer_index_fields=tuple(raw.get("layer_index_fields", [])),
         layer_threshold_fields=tuple(raw.get("layer_threshold_fields", [])),
+        qkv_sections={k: tuple(v) for k, v in raw.get("qkv_sections", {}).items()},
+        head_norms=tuple(raw.get("head_norms", [])),
+        norm_offset=float(raw.get("norm_offset", 0.0)),
+        embed_scale=raw.get("embed_scale"),
+        hidden_sized_fields=tuple(raw.get("hidden_sized_fields", [])),
     )
 
 
@@ -210,6 +233,7 @@ def describe(config, model_cls=None) -> ModelLayout:
     transposed = {
         name for name, mod in model.named_modules() if type(mod).__name__ == "Conv1D"  # GPT-2: weight is (in, out)
     }
+    embeddings = {name for name, mod in model.named_modules() if isinstance(mod, nn.Embedding)}
     layer_re = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.+)$")
 
     params: dict[str, ParamInfo] = {}
@@ -230,7 +254,11 @@ def describe(config, model_cls=None) -> ModelLayout:
                     parts = packed.get(key, 1)
                     module_name = name.rsplit(".", 1)[0]
                     ffn_axis = _ffn_axis(role, is_bias, p.ndim, module_name in transposed)
-        params[name] = ParamInfo(name, tuple(p.shape), layer, rel, role, ffn_field, parts, ffn_axis, is_bias)
+        module_name = name.rsplit(".", 1)[0] if "." in name else ""
+        input_axis = None
+        if p.ndim >= 2 and module_name not in embeddings:
+            input_axis = 0 if module_name in transposed else p.ndim - 1
+        params[name] = ParamInfo(name, tuple(p.shape), layer, rel, role, ffn_field, parts, ffn_axis, is_bias, input_axis)
 
     missing = [k for k in family.roles if k not in used_roles]
     if missing:
@@ -245,7 +273,23 @@ def describe(config, model_cls=None) -> ModelLayout:
         )
     residual_out = tuple(sorted(k for k, r in roles.items() if r == "out"))
     tied = dict(getattr(model, "_tied_weights_keys", None) or {})
-    return ModelLayout(config.model_type, family, prefix, num_layers, params, residual_out, tied)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if not getattr(text_config, "tie_word_embeddings", True):
+        tied = {}
+    module_names = {id(m): n for n, m in model.named_modules()}
+
+    def weight_of(module) -> str | None:
+        if module is None or getattr(module, "weight", None) is None or id(module) not in module_names:
+            return None
+        return f"{module_names[id(module)]}.weight"
+
+    in_name = weight_of(model.get_input_embeddings())
+    try:
+        out_name = weight_of(model.get_output_embeddings())
+    except (AttributeError, NotImplementedError):
+        out_name = None
+    return ModelLayout(config.model_type, family, prefix, num_layers, params, residual_out, tied,
+                       model_cls=type(model), input_embedding=in_name, output_embedding=out_name)
 
 
 def _ffn_group_of(rel: str, family: FamilyData) -> FfnGroup | None:
@@ -284,7 +328,11 @@ def ffn_size(config, group: FfnGroup) -> int:
 def check_refusals(config, op: str) -> None:
     """Raise when the family's data says ``op`` cannot be applied to this config (and why)."""
     for r in family_data(config.model_type).refuse:
-        if r.op == op and getattr(config, r.field, None) not in r.allowed:
+        if r.op != op:
+            continue
+        if r.field is None:
+            raise UnsupportedArchitecture(f"{op} is not supported for {config.model_type}: {r.why}")
+        if getattr(config, r.field, None) not in r.allowed:
             raise UnsupportedArchitecture(
                 f"{op} is not supported for {config.model_type} with {r.field}={getattr(config, r.field, None)!r}: {r.why}"
             )

@@ -48,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where new layers go: interleave (default, LLaMA Pro), top, bottom, or indices i,j,... in the grown model")
     g.add_argument("--init", default="zero", choices=["zero", "split"],
                    help="FFN init: zero (new output columns zero, default) or split (Net2Net)")
+    g.add_argument("--widen-hidden", type=_number, metavar="K",
+                   help="multiply the hidden size by the whole number K (heads x K, head size kept), outputs exact")
+    g.add_argument("--no-hidden-noise", action="store_true",
+                   help="with --widen-hidden: exact replicas without the (function-preserving) symmetry-breaking noise")
+    g.add_argument("--add-heads", type=_number, metavar="N", help="add N attention heads of the same size")
+    g.add_argument("--kv-heads", choices=["proportional", "fixed"],
+                   help="with --add-heads: grow kv heads to keep the GQA group size (proportional, default) or keep them (fixed)")
+    g.add_argument("--add-labels", metavar="A,B,...", help="append these labels to a classification head")
+    g.add_argument("--add-tokens", metavar="T1,T2,...", help="add these tokens to the tokenizer and embeddings")
+    g.add_argument("--add-tokens-file", metavar="FILE", help="add the tokens listed in FILE, one per line")
+    g.add_argument("--new-token-output", choices=["pieces", "mean"],
+                   help="output rows of new tokens: mean of their pieces (default) or of all rows (keeps their probability near zero)")
     g.add_argument("--seed", type=int, default=0, help="seed for new weights (per tensor name)")
     g.add_argument("--tolerance", type=float, help="max allowed |base - grown| on probe inputs (default by dtype: fp32 1e-4, fp16 1e-2, bf16 5e-2)")
     g.add_argument("--probe-text", action="append", default=[], metavar="TEXT", help="extra probe text (repeatable)")
@@ -65,11 +77,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _read_tokens(args) -> list[str] | None:
+    from .ops.add_labels import parse_list
+
+    tokens = None
+    if args.add_tokens is not None:
+        tokens = list(parse_list(args.add_tokens, "--add-tokens"))
+    if args.add_tokens_file is not None:
+        try:
+            lines = open(args.add_tokens_file, encoding="utf-8").read().splitlines()
+        except OSError as exc:
+            raise HfExpandError(f"--add-tokens-file {args.add_tokens_file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise HfExpandError(f"--add-tokens-file {args.add_tokens_file} is not UTF-8 text") from None
+        from_file = [ln.strip() for ln in lines if ln.strip()]
+        if not from_file:
+            raise HfExpandError(f"--add-tokens-file {args.add_tokens_file} lists no tokens (one per line)")
+        tokens = (tokens or []) + from_file
+    return tokens
+
+
 def _operations(args) -> list:
+    from .ops.add_heads import AddHeads
+    from .ops.add_labels import AddLabels, parse_list
     from .ops.add_layers import AddLayers
+    from .ops.add_tokens import AddTokens
     from .ops.widen_ffn import WidenFFN
+    from .ops.widen_hidden import WidenHidden
 
     ops = []
+    if args.widen_hidden is not None:
+        ops.append(WidenHidden(factor=args.widen_hidden, noise=not args.no_hidden_noise))
+    elif args.no_hidden_noise:
+        raise HfExpandError("--no-hidden-noise applies to --widen-hidden K; add it or drop the flag")
+    if args.add_heads is not None:
+        ops.append(AddHeads(count=args.add_heads, kv=args.kv_heads or "proportional"))
+    elif args.kv_heads is not None:
+        raise HfExpandError("--kv-heads applies to --add-heads N; add it or drop the flag")
     if args.widen_ffn is not None or args.ffn_size is not None:
         ops.append(WidenFFN(factor=args.widen_ffn, size=args.ffn_size, init=args.init))
     placement_given = args.placement != "interleave"
@@ -80,10 +124,20 @@ def _operations(args) -> list:
                 raise HfExpandError(f"--add-layers must be a whole number, got {count:g}")
             count = int(count)
         ops.append(AddLayers(count=count, placement=args.placement))
+    if args.add_labels is not None:
+        ops.append(AddLabels(parse_list(args.add_labels, "--add-labels")))
+    tokens = _read_tokens(args)
+    if tokens is not None:
+        ops.append(AddTokens(tuple(tokens), output_init=args.new_token_output or "pieces"))
+    elif args.new_token_output is not None:
+        raise HfExpandError("--new-token-output applies to --add-tokens / --add-tokens-file; add one or drop the flag")
     if args.init != "zero" and not any(op.name == "widen_ffn" for op in ops):
         raise HfExpandError("--init applies to FFN widening; add --widen-ffn F or --ffn-size N")
     if not ops:
-        raise HfExpandError("nothing to grow: pass --widen-ffn F, --ffn-size N and/or --add-layers N")
+        raise HfExpandError(
+            "nothing to grow: pass one or more of --widen-ffn F, --ffn-size N, --add-layers N, --widen-hidden K, "
+            "--add-heads N, --add-labels A,B, --add-tokens T1,T2 / --add-tokens-file FILE"
+        )
     return ops
 
 
@@ -95,13 +149,14 @@ def _check_common(args) -> None:
 
 
 def cmd_grow(args) -> int:
-    from .grow import grow_checkpoint, plan_growth, render_plans
+    from .grow import grow_checkpoint, plan_growth, render_plans, with_tokenizer
     from .model_io import check_output_dir, load_config
 
     _check_common(args)
     ops = _operations(args)
     if args.dry_run:
         config = load_config(args.src, args.trust_remote_code)
+        ops = with_tokenizer(ops, args.src, args.trust_remote_code)
         print(render_plans(config, plan_growth(config, ops)))
         return 0
     if not args.out:
@@ -115,6 +170,8 @@ def cmd_grow(args) -> int:
     )
     for o in report.operations:
         print(f"{o.op}: {o.summary}; params {o.params_before:,} -> {o.params_after:,}; max|diff| {o.max_abs_diff:.3g}")
+        for note in o.notes:
+            print(f"  note: {note}")
     print(f"wrote {args.out} (reloaded max|diff| {report.reloaded_max_abs_diff:.3g}, tolerance {report.tolerance:g})")
     return 0
 

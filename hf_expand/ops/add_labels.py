@@ -87,9 +87,9 @@ class AddLabels:
             if len(changed) != 1 or p.shape[changed[0]] != n or new_shape[changed[0]] != total:
                 raise UnsupportedArchitecture(f"{name}: shape {p.shape} -> {new_shape} is not a label axis of {n} -> {total}")
             axis = changed[0]
-            has_bias |= p.ndim == 1
+            has_bias |= len(p.shape) == 1
             rows = tuple((i, ()) for i in range(n, total))  # () = mean of all old rows
-            action = SetRows(axis, total, rows, offset=-self.margin if p.ndim == 1 else 0.0)
+            action = SetRows(axis, total, rows, offset=-self.margin if len(p.shape) == 1 else 0.0)
             steps.append(TensorStep(name, name, p.shape, new_shape, (action,)))
             new_slices[name] = [{"axis": axis, "start": n, "stop": total}]
         if not new_slices:

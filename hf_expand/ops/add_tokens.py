@@ -87,7 +87,7 @@ class AddTokens:
                 steps.append(TensorStep(name, name, p.shape, p.shape))
                 continue
             axis = axes[0]
-            output_side = name == layout.output_embedding or (p.ndim == 1 and name != layout.input_embedding)
+            output_side = name == layout.output_embedding or (len(p.shape) == 1 and name != layout.input_embedding)
             rows = rows_out if output_side or tied else rows_in
             shape = tuple(size if a == axis else d for a, d in enumerate(p.shape))
             steps.append(TensorStep(name, name, p.shape, shape, (SetRows(axis, size, rows),)))

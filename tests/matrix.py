@@ -1,0 +1,187 @@
+"""The test matrix: tiny models of every supported family (deliberately odd sizes), a tiny tokenizer,
+and the growth operations each test case applies. ``scripts/support_table.py`` builds the README's
+support table from this same module, so the table and the tests cannot disagree.
+
+hidden 64, FFN 88, vocab 99, 4 heads / 2 kv heads, 3 layers: a swapped dimension cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+COMMON = dict(hidden_size=64, intermediate_size=88, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, vocab_size=99, max_position_embeddings=64,
+              pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+# Per-family overrides: the field names that family uses, and switches that exercise its quirks.
+FAMILY_CONFIGS = {
+    "llama": {},
+    "mistral": {"sliding_window": 8},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen2": {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
+    "qwen2_moe": {"moe_intermediate_size": 88, "shared_expert_intermediate_size": 88, "num_experts": 4,
+                  "num_experts_per_tok": 2, "mlp_only_layers": [1]},
+    "qwen3": {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
+    "gemma": {"head_dim": 16},
+    "gemma2": {"head_dim": 16, "sliding_window": 8},
+    "gemma3_text": {"head_dim": 16, "sliding_window": 8, "sliding_window_pattern": 2},
+    "phi3": {},
+    "olmo2": {},
+    "starcoder2": {},
+    "gpt2": {"n_embd": 64, "n_inner": 88, "n_layer": 3, "n_head": 4, "n_positions": 64},
+    "gpt_neox": {},
+    "opt": {"ffn_dim": 88, "word_embed_proj_dim": 64},
+    "bert": {},
+    "roberta": {"pad_token_id": 1, "max_position_embeddings": 66},
+    "distilbert": {"dim": 64, "hidden_dim": 88, "n_layers": 3, "n_heads": 4},
+}
+POST_NORM = {"bert", "roberta", "distilbert"}
+NO_GQA = {"gpt2", "gpt_neox", "opt", "bert", "roberta", "distilbert"}  # no num_key_value_heads field
+ENCODERS = {"bert", "roberta", "distilbert"}
+
+
+def tiny_config(family: str):
+    from transformers import AutoConfig
+
+    kw = {**COMMON, **FAMILY_CONFIGS[family]}
+    if family in NO_GQA:
+        kw.pop("num_key_value_heads")
+    if family in ("gpt2", "distilbert"):
+        for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
+            kw.pop(k, None)
+    from transformers.models.auto import modeling_auto
+
+    config = AutoConfig.for_model(family, **kw)
+    mapping = modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES if family in ENCODERS else modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    config.architectures = [mapping[family]]
+    return config
+
+
+def tiny_model(family: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    torch.manual_seed(seed)
+    cls = AutoModelForMaskedLM if family in ENCODERS else AutoModelForCausalLM
+    model = cls.from_config(tiny_config(family))
+    # Random norms and biases, so that an identity trick that only works for default init would fail.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+
+
+def tiny_classifier(family: str, num_labels: int = 3, seed: int = 0):
+    """A tiny sequence classifier of ``family`` (random norms and biases, like ``tiny_model``)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.models.auto import modeling_auto
+
+    torch.manual_seed(seed)
+    config = tiny_config(family)
+    config.num_labels = num_labels
+    config.architectures = [modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES[family]]
+    model = AutoModelForSequenceClassification.from_config(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+TOKENIZER_WORDS = ("the cat sat on mat an dog ran to park and it was big small red blue green tree house "
+                   "model grow wide deep layer head token label text data train test good bad new old yes no "
+                   "one two three four five six").split()
+
+
+def tiny_tokenizer():
+    """A WordPiece tokenizer with exactly ``COMMON["vocab_size"]`` (99) ids: specials at the ids the tiny
+    configs use (pad 0, bos 1, eos 2), letters, ``##`` letters, then whole words. Any lowercase word
+    splits into known pieces."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"] + letters + [f"##{c}" for c in letters]
+    vocab += TOKENIZER_WORDS[: COMMON["vocab_size"] - len(vocab)]
+    assert len(vocab) == COMMON["vocab_size"], len(vocab)
+    backend = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", bos_token="[BOS]",
+                                   eos_token="[EOS]", unk_token="[UNK]")
+
+
+NEW_TOKENS = ("hfexpandium", "zq")  # not in the tiny vocabulary; both split into letter pieces
+NEW_LABELS = ("new_a", "new_b")
+
+
+def _add_heads(config):
+    from hf_expand import AddHeads
+
+    valid = AddHeads(1).valid_counts(config)
+    return AddHeads(valid[0] if valid else 2)
+
+
+def _ops(*names):
+    """Operations of a case, built for a config and tokenizer (``add_heads`` picks a count the config allows)."""
+    from hf_expand import AddLabels, AddLayers, AddTokens, WidenFFN, WidenHidden
+
+    makers = {
+        "widen_ffn": lambda c, t: WidenFFN(factor=1.5),
+        "widen_ffn_split": lambda c, t: WidenFFN(factor=1.5, init="split"),
+        "add_layers": lambda c, t: AddLayers(count=2),
+        "add_layers_top": lambda c, t: AddLayers(count=2, placement="top"),
+        "widen_hidden": lambda c, t: WidenHidden(factor=2),
+        "add_heads": lambda c, t: _add_heads(c),
+        "add_labels": lambda c, t: AddLabels(NEW_LABELS),
+        "add_tokens": lambda c, t: AddTokens(NEW_TOKENS, tokenizer=t),
+    }
+    return lambda config, tokenizer: [makers[n](config, tokenizer) for n in names]
+
+
+# case -> (model kind, operations). "classifier" cases grow tiny_classifier(family), the others tiny_model(family).
+CASES = {
+    "widen_zero": ("lm", _ops("widen_ffn")),
+    "widen_split": ("lm", _ops("widen_ffn_split")),
+    "layers_interleave": ("lm", _ops("add_layers")),
+    "layers_top": ("lm", _ops("add_layers_top")),
+    "both": ("lm", _ops("widen_ffn", "add_layers")),
+    "widen_hidden": ("lm", _ops("widen_hidden")),
+    "add_heads": ("lm", _ops("add_heads")),
+    "add_tokens": ("lm", _ops("add_tokens")),
+    "add_labels": ("classifier", _ops("add_labels")),
+    "all_axes": ("lm", _ops("widen_hidden", "widen_ffn", "add_layers", "add_tokens")),
+}
+
+# One case per operation: the columns of the README support table.
+OPERATION_CASES = {
+    "widen_ffn": "widen_zero", "add_layers": "layers_interleave", "widen_hidden": "widen_hidden",
+    "add_heads": "add_heads", "add_labels": "add_labels", "add_tokens": "add_tokens",
+}
+
+
+def case_config(family: str, case: str):
+    from transformers.models.auto import modeling_auto
+
+    config = tiny_config(family)
+    if CASES[case][0] == "classifier":
+        config.num_labels = 3
+        config.architectures = [modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES[family]]
+    return config
+
+
+def unsupported_reason(family: str, case: str) -> str | None:
+    """Why ``case`` cannot apply to ``family`` (the error growth raises), or None when it applies.
+
+    Decided by planning on the tiny config (meta device: no weights), exactly as ``hf-expand grow
+    --dry-run`` would."""
+    from hf_expand import UnsupportedArchitecture, plan_growth
+
+    config = case_config(family, case)
+    try:
+        plan_growth(config, CASES[case][1](config, tiny_tokenizer()))
+    except UnsupportedArchitecture as exc:
+        return str(exc)
+    return None

@@ -116,6 +116,8 @@ def _build(cls, config, state_dict: dict[str, torch.Tensor]):
     """Instantiate ``cls`` for ``config`` without random init and load ``state_dict`` into it."""
     with no_init_weights():
         model = cls(config)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()  # as from_pretrained does: tied tensors are one parameter in the grown model too
     result = model.load_state_dict(state_dict, strict=False)
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     missing = [k for k in result.missing_keys if k in params]

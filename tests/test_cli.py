@@ -227,8 +227,12 @@ def test_output_paths_that_would_lose_data(capsys, tmp_path):
     assert sorted(p.name for p in parent.iterdir()) == ["model", "notes.txt"]
 
 
-def test_probe_text_without_tokenizer(capsys, llama_dir, tmp_path):
-    code, _, err = run_cli(capsys, "grow", llama_dir, "--out", tmp_path / "out", "--add-layers", "1", "--probe-text", "hi")
+def test_probe_text_without_tokenizer(capsys, tmp_path):
+    from conftest import tiny_model
+
+    src = tmp_path / "no_tokenizer"
+    tiny_model("llama").save_pretrained(src)
+    code, _, err = run_cli(capsys, "grow", src, "--out", tmp_path / "out", "--add-layers", "1", "--probe-text", "hi")
     assert code == 2 and "--probe-text needs a tokenizer" in err and err.count("\n") == 1
     assert_nothing_written(tmp_path)
 

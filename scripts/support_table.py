@@ -1,0 +1,80 @@
+"""Print, write or check the README's support table (family x operation), generated from the test matrix.
+
+    python scripts/support_table.py            # print the table
+    python scripts/support_table.py --write    # replace the table in README.md
+    python scripts/support_table.py --check    # exit 1 if README.md's table is out of date
+
+A cell is supported when planning that operation on the test matrix's tiny model of that family
+succeeds (the same planning ``hf-expand grow --dry-run`` does); the preservation tests then check every
+supported cell end to end and every unsupported cell for the very error quoted here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+START, END = "<!-- support-table:start -->", "<!-- support-table:end -->"
+
+
+def generate() -> str:
+    from matrix import FAMILY_CONFIGS, OPERATION_CASES, unsupported_reason
+
+    ops = list(OPERATION_CASES)
+    reasons: list[str] = []
+    rows = []
+    for family in FAMILY_CONFIGS:
+        cells = []
+        for op in ops:
+            reason = unsupported_reason(family, OPERATION_CASES[op])
+            if reason is None:
+                cells.append("✓")
+                continue
+            why = re.sub(r"^\S+ is not supported for [^:]+: ", "", reason)
+            if why not in reasons:
+                reasons.append(why)
+            cells.append(f"✗ ({reasons.index(why) + 1})")
+        rows.append(f"| {family} | " + " | ".join(cells) + " |")
+    lines = ["| family | " + " | ".join(f"`{op}`" for op in ops) + " |", "| --- |" + " :-: |" * len(ops), *rows, ""]
+    lines += [f"- ({i}) {why}" for i, why in enumerate(reasons, 1)]
+    return "\n".join(lines)
+
+
+def readme_block(text: str) -> str | None:
+    if START not in text or END not in text:
+        return None
+    return text.split(START, 1)[1].split(END, 1)[0].strip("\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="replace the table in README.md")
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md's table differs")
+    args = parser.parse_args()
+    table = generate()
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if args.check:
+        ok = readme_block(text) == table
+        print("README support table is up to date" if ok else "README support table is out of date: run scripts/support_table.py --write")
+        return 0 if ok else 1
+    if args.write:
+        if readme_block(text) is None:
+            print(f"README.md has no {START} ... {END} markers", file=sys.stderr)
+            return 2
+        head, rest = text.split(START, 1)
+        readme.write_text(f"{head}{START}\n{table}\n{END}{rest.split(END, 1)[1]}")
+        print("wrote the support table into README.md")
+        return 0
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,7 +1,4 @@
-"""Shared fixtures: tiny models of every supported family with deliberately odd sizes.
-
-hidden 64, FFN 88, vocab 99, 4 heads / 2 kv heads, 3 layers: a swapped dimension cannot go unnoticed.
-"""
+"""Shared fixtures: saved tiny checkpoints of every family (the models themselves: tests/matrix.py)."""
 
 from __future__ import annotations
 
@@ -21,38 +18,32 @@ from matrix import (  # noqa: E402,F401  (the matrix lives in a plain module: sc
 )
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory):
-    """family -> folder of a saved tiny model (built lazily, once per session)."""
-    root = tmp_path_factory.mktemp("tiny")
+def _saved_models(tmp_path_factory, name: str, build):
+    """family -> folder of ``build(family)`` saved with the tiny tokenizer (built lazily, once per session)."""
+    root = tmp_path_factory.mktemp(name)
     cache: dict[str, Path] = {}
 
     def get(family: str) -> Path:
         if family not in cache:
             path = root / family
-            tiny_model(family).save_pretrained(path)
+            build(family).save_pretrained(path)
             tiny_tokenizer().save_pretrained(path)
             cache[family] = path
         return cache[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """family -> folder of a saved tiny LM (causal, or masked for encoders) with a tokenizer."""
+    return _saved_models(tmp_path_factory, "tiny", tiny_model)
 
 
 @pytest.fixture(scope="session")
 def tiny_classifier_checkpoints(tmp_path_factory):
     """family -> folder of a saved tiny sequence classifier (3 labels) with a tokenizer."""
-    root = tmp_path_factory.mktemp("tiny_cls")
-    cache: dict[str, Path] = {}
-
-    def get(family: str) -> Path:
-        if family not in cache:
-            path = root / family
-            tiny_classifier(family).save_pretrained(path)
-            tiny_tokenizer().save_pretrained(path)
-            cache[family] = path
-        return cache[family]
-
-    return get
+    return _saved_models(tmp_path_factory, "tiny_cls", tiny_classifier)
 
 
 def minilm_path() -> Path:

@@ -64,6 +64,7 @@ class GrowthReport:
     new_slices: dict[str, list[dict]] = field(default_factory=dict)
     modified: dict[str, list[dict]] = field(default_factory=dict)
     reloaded_max_abs_diff: float | None = None
+    excluded_outputs: list[tuple[int, int]] = field(default_factory=list)  # reassigned output columns
     tokenizer: Any = None  # the grown tokenizer when tokens were added (not part of the record)
 
     @property
@@ -146,7 +147,7 @@ def grow_model(
     """
     tolerance = default_tolerance(next(model.parameters()).dtype) if tolerance is None else tolerance
     model = model.float().eval()
-    probes = probes or make_probes(model.config, seed=seed)
+    probes = probes or make_probes(model.config, seed=seed, vocab_limit=probe_vocab_limit(operations))
     base_out = base_outputs if base_outputs is not None else outputs(model, probes)
     report = GrowthReport([], seed, tolerance, probes.description)
     current = model
@@ -157,7 +158,9 @@ def grow_model(
         grown_state = dict(execute(plan, state.__getitem__, seed, progress=progress))
         grown = _build(type(model), plan.new_config, grown_state)
         grown_out = outputs(grown, probes)
-        diff = max_abs_diff(base_out, grown_out, probes)
+        if plan.new_outputs is not None and plan.new_outputs[0] < base_out[0].shape[-1]:
+            report.excluded_outputs.append(plan.new_outputs)  # old (unused) columns given a new meaning
+        diff = max_abs_diff(base_out, grown_out, probes, report.excluded_outputs)
         op_report = OpReport(plan.op, plan.params, plan.summary, plan.config_updates,
                              current.num_parameters(), grown.num_parameters(), diff, list(plan.notes))
         if plan.new_outputs is not None:
@@ -206,7 +209,8 @@ def grow_checkpoint(
     plan_growth(config, operations)  # fail on bad input before reading any weight
     tokenizer = load_probe_tokenizer(src, trust_remote_code) if probe_texts else None
     model = load_model(src, config, trust_remote_code)
-    probes = make_probes(model.config, tokenizer, list(probe_texts or []), seed=seed)
+    probes = make_probes(model.config, tokenizer, list(probe_texts or []), seed=seed,
+                         vocab_limit=probe_vocab_limit(operations))
     dtype = source_dtype(config)  # the checkpoint's dtype (the model itself was loaded in fp32)
     tolerance = default_tolerance(dtype) if tolerance is None else tolerance
     base_out = outputs(model.eval(), probes)
@@ -221,7 +225,7 @@ def grow_checkpoint(
             copied = sorted(set(copied) | {"tokenizer"})
         # The evidence that counts: the folder as written, loaded by stock transformers.
         reloaded = auto_class_for(grown.config).from_pretrained(tmp, dtype=torch.float32)
-        report.reloaded_max_abs_diff = max_abs_diff(base_out, outputs(reloaded, probes), probes)
+        report.reloaded_max_abs_diff = max_abs_diff(base_out, outputs(reloaded, probes), probes, report.excluded_outputs)
         log.info("reloaded from disk: max |base - grown| = %.3g", report.reloaded_max_abs_diff)
         if report.reloaded_max_abs_diff > report.tolerance and not accept_difference:
             raise PreservationError(
@@ -237,6 +241,13 @@ def grow_checkpoint(
         )
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return report
+
+
+def probe_vocab_limit(operations: Sequence) -> int | None:
+    """Probe only ids the tokenizer can produce when tokens are added (a padded vocabulary's unused ids
+    become the new tokens, so their rows change on purpose)."""
+    limits = [len(op.tokenizer) for op in operations if getattr(op, "tokenizer", None) is not None]
+    return min(limits) if limits else None
 
 
 def with_tokenizer(operations: Sequence, src: str, trust_remote_code: bool = False) -> list:

@@ -188,12 +188,36 @@ class Plan:
 WHOLE = {"axis": None}
 
 
+def _follow_remap(slices: list[dict], remap: "Remap") -> list[dict]:
+    """Where the entries of ``slices`` sit after ``remap`` (every copy of them included)."""
+    index = remap.element_index()
+    out = []
+    for s in slices:
+        if s["axis"] is None or s["axis"] != remap.axis:
+            out.append(s)
+            continue
+        old = set(range(s["start"], s["stop"]))
+        hit = [i in old for i in index] + [False]
+        start = None
+        for j, h in enumerate(hit):
+            if h and start is None:
+                start = j
+            elif not h and start is not None:
+                out.append({"axis": s["axis"], "start": start, "stop": j})
+                start = None
+    return out
+
+
 def compose_slices(previous: dict[str, list[dict]], plan: Plan, which: str) -> dict[str, list[dict]]:
     """Carry the slice record of earlier operations through ``plan`` (renames) and add its own."""
     own = getattr(plan, which)
     out: dict[str, list[dict]] = {}
     for step in plan.steps:
-        slices = [dict(s) for s in previous.get(step.source, [])] + [dict(s) for s in own.get(step.target, [])]
+        carried = [dict(s) for s in previous.get(step.source, [])]
+        for action in step.actions:
+            if isinstance(action, Remap):  # entries move: follow them (a fixed-kv head regroup, replicas)
+                carried = _follow_remap(carried, action)
+        slices = carried + [dict(s) for s in own.get(step.target, [])]
         if any(s["axis"] is None for s in slices):
             slices = [dict(WHOLE)]
         if slices:

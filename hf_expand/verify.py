@@ -32,10 +32,14 @@ class Probes:
         )
 
 
-def make_probes(config, tokenizer=None, texts: list[str] | None = None, seed: int = 0, length: int = 12) -> Probes:
-    """Random ids (avoiding nothing: any id is a valid input) with the second row right-padded."""
+def make_probes(config, tokenizer=None, texts: list[str] | None = None, seed: int = 0, length: int = 12,
+                vocab_limit: int | None = None) -> Probes:
+    """Random ids below ``vocab_limit`` (default: the whole vocabulary) with rows right-padded.
+
+    ``vocab_limit`` keeps probes to the ids a tokenizer can produce when a padded vocabulary's unused
+    rows are about to be reused for new tokens."""
     g = torch.Generator().manual_seed(seed)
-    vocab = int(config.vocab_size)
+    vocab = min(int(config.vocab_size), vocab_limit or int(config.vocab_size))
     max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 512
     length = min(length, int(max_pos) - 2)
     ids = torch.randint(0, vocab, (3, length), generator=g)
@@ -90,8 +94,10 @@ def old_part(base: torch.Tensor, grown: torch.Tensor) -> torch.Tensor:
 
 
 def _mask_of(batch, t: torch.Tensor) -> torch.Tensor | None:
+    """The padding mask when ``t`` has one entry per token ((batch, seq, features)), else None (sequence
+    classification logits are (batch, labels): a label axis must never be masked)."""
     mask = batch["attention_mask"]
-    return mask.bool() if t.ndim >= 2 and t.shape[:2] == mask.shape else None
+    return mask.bool() if t.ndim == 3 and t.shape[:2] == mask.shape else None
 
 
 def new_output_measures(base: list[torch.Tensor], grown: list[torch.Tensor], probes: Probes, new: tuple[int, int]) -> dict:
@@ -110,13 +116,17 @@ def new_output_measures(base: list[torch.Tensor], grown: list[torch.Tensor], pro
     return {"new_probability_mass": mass / max(total, 1), "predictions_changed": changed, "positions": total}
 
 
-def max_abs_diff(base: list[torch.Tensor], grown: list[torch.Tensor], probes: Probes) -> float:
+def max_abs_diff(base: list[torch.Tensor], grown: list[torch.Tensor], probes: Probes,
+                 exclude: list[tuple[int, int]] | None = None) -> float:
     """Max |base - grown| over the non-padded positions of every probe batch (old outputs only: see
-    :func:`old_part`)."""
+    :func:`old_part`; ``exclude`` lists (start, stop) ranges of the last axis that growth reassigned,
+    such as unused rows of a padded vocabulary given to new tokens)."""
     worst = 0.0
     for a, b, batch in zip(base, grown, probes.batches):
         b = old_part(a, b)
         diff = (a - b).abs()
+        for start, stop in exclude or []:
+            diff[..., start:stop] = 0
         mask = _mask_of(batch, diff)
         if mask is not None:
             diff = diff[mask]

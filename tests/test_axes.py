@@ -218,3 +218,99 @@ def test_add_labels_token_classification():
     grown, report, diff = _grow(model, AddLabels(("B-NEW", "I-NEW")))
     assert diff <= 1e-5 and grown.config.num_labels == 5
     assert report.operations[0].measures["predictions_changed"] == 0
+
+
+# Found by review: padded vocabularies, label counts equal to the probe length, records through
+# regrouped heads, string label keys, multi-label heads, uncased tokenizers, OPT's projected head.
+
+def test_add_tokens_on_a_padded_vocabulary():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[BOS]", "[EOS]", "[UNK]"] + [f"w{i}" for i in range(86)])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")
+    assert len(tok) == 90  # the model has 99 rows: 9 unused
+    model = tiny_model("llama")
+    grown, report = grow_model(model, [AddTokens(("newword", "other"), tokenizer=tok)])
+    assert grown.config.vocab_size == 99 and report.excluded_outputs == [(90, 92)]
+    assert report.max_abs_diff <= 1e-5
+    assert any("padded" in n for n in report.operations[0].notes)
+    probes = make_probes(model.config, seed=5, vocab_limit=90)
+    assert max_abs_diff(outputs(model, probes), outputs(grown, probes), probes, [(90, 92)]) <= 1e-5
+
+
+def test_tokenizer_longer_than_the_embedding_is_refused():
+    config = tiny_config("llama")
+    config.vocab_size = 95
+    with pytest.raises(HfExpandError, match="does not belong to this model"):
+        AddTokens(("zq",), tokenizer=tiny_tokenizer()).plan(config, describe(config))
+
+
+def test_labels_as_many_as_probe_positions():
+    from matrix import tiny_classifier
+
+    model = tiny_classifier("bert", num_labels=10)
+    grown, report = grow_model(model, [AddLabels(("a", "b"))])  # 12 labels = the probe length
+    assert grown.config.num_labels == 12 and report.max_abs_diff <= 1e-5
+    assert report.operations[0].measures["positions"] == 3  # one prediction per sequence, not per token
+
+
+def test_string_label_keys_keep_their_names():
+    from matrix import tiny_classifier
+
+    model = tiny_classifier("bert")
+    model.config.id2label = {"0": "neg", "1": "neu", "2": "pos"}
+    grown, _ = grow_model(model, [AddLabels(("mixed",))])
+    assert [grown.config.id2label[i] for i in range(4)] == ["neg", "neu", "pos", "mixed"]
+    with pytest.raises(HfExpandError, match="already exist"):
+        grow_model(tiny_classifier("bert"), [AddLabels(("LABEL_0",))])
+
+
+def test_multi_label_head_refused():
+    from matrix import tiny_classifier
+
+    model = tiny_classifier("bert")
+    model.config.problem_type = "multi_label_classification"
+    with pytest.raises(HfExpandError, match="multi-label"):
+        grow_model(model, [AddLabels(("x",))])
+
+
+def test_uncased_tokenizer_knows_capitalised_words():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    assert AddTokens(("Hello", "hfexpandium"), tokenizer=tok).split() == (["hfexpandium"], ["Hello"])
+
+
+def test_record_follows_regrouped_heads():
+    """widen_hidden then add_heads(kv=fixed): old heads move; the record must follow them."""
+    model = tiny_model("mistral")  # 4 q heads / 2 kv heads, head_dim 16
+    grown, report = grow_model(model, [WidenHidden(2, noise=False), AddHeads(4, kv="fixed")])
+    assert grown.config.num_attention_heads == 12 and report.max_abs_diff <= 1e-5
+    rows = torch.zeros(12 * 16, dtype=torch.bool)
+    for s in report.new_slices["model.layers.0.self_attn.q_proj.weight"]:
+        if s["axis"] == 0:
+            rows[s["start"]:s["stop"]] = True
+    new_heads = rows.view(12, 16).all(1)
+    assert (rows.view(12, 16).any(1) == new_heads).all()  # whole heads only
+    # Old heads sit at 0,1 (group 0) and 3,4 (group 1); all 8 others are replicas or new.
+    assert new_heads.tolist() == [h not in (0, 1, 3, 4) for h in range(12)]
+    w0 = model.model.layers[0].self_attn.q_proj.weight.view(4, 16, -1)
+    w1 = grown.model.layers[0].self_attn.q_proj.weight.view(12, 16, -1)[:, :, :64]
+    assert torch.equal(w1[[0, 1, 3, 4]] * 2, w0)  # the read side was halved by the hidden replication
+
+
+@pytest.mark.parametrize("pre_norm", [True, False])
+def test_widen_hidden_opt_with_projected_head(pre_norm):
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config("opt")
+    config.word_embed_proj_dim, config.do_layer_norm_before = 32, pre_norm
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    grown, report, diff = _grow(model, WidenHidden(2))
+    assert diff <= 1e-5 and grown.config.tie_word_embeddings
+    assert grown.lm_head.weight.data_ptr() == grown.model.decoder.embed_tokens.weight.data_ptr()
+    assert not any("untied" in n for n in report.operations[0].notes)

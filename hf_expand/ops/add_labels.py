@@ -67,8 +67,16 @@ class AddLabels:
             )
         if getattr(config, "problem_type", None) == "regression":
             raise HfExpandError("--add-labels: this head is a regression head (problem_type=regression); it has no labels to extend")
+        if getattr(config, "problem_type", None) == "multi_label_classification":
+            raise HfExpandError(
+                "--add-labels on a multi-label head (problem_type=multi_label_classification) is not supported: "
+                "each label fires on its own sigmoid, so no row can start below every old decision; grow a single-label head"
+            )
         n = int(config.num_labels)
-        old = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(n)]
+        id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}  # keys may be strings
+        if sorted(id2label) != list(range(n)):
+            raise HfExpandError(f"--add-labels: id2label {config.id2label} does not name labels 0..{n - 1}; fix the config")
+        old = [id2label[i] for i in range(n)]
         clash = [x for x in self.labels if x in old]
         if clash:
             raise HfExpandError(f"--add-labels: {clash} already exist (labels: {old}); give only new label names")

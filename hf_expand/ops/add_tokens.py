@@ -58,7 +58,15 @@ class AddTokens:
             raise HfExpandError("add_tokens needs the model's tokenizer: AddTokens(tokens, tokenizer=...) "
                                 "(the CLI loads it from the source)")
         vocab = self.tokenizer.get_vocab()
-        return [t for t in self.tokens if t not in vocab], [t for t in self.tokens if t in vocab]
+        unk = self.tokenizer.unk_token_id
+
+        def present(t: str) -> bool:
+            # In the vocabulary as written, or already one token after normalisation (uncased "Hello" -> "hello").
+            ids = self.tokenizer(t, add_special_tokens=False)["input_ids"]
+            return t in vocab or (len(ids) == 1 and ids[0] != unk)
+
+        flags = [present(t) for t in self.tokens]
+        return [t for t, f in zip(self.tokens, flags) if not f], [t for t, f in zip(self.tokens, flags) if f]
 
     def plan(self, config, layout: ModelLayout) -> Plan:
         new, present = self.split()
@@ -66,6 +74,11 @@ class AddTokens:
             raise HfExpandError(f"--add-tokens: every token is already in the vocabulary ({present[:10]}); nothing to add")
         tok = self.tokenizer
         base, V = len(tok), int(config.vocab_size)
+        if base > V:
+            raise HfExpandError(
+                f"--add-tokens: the tokenizer has {base} ids but the model only {V} embedding rows; "
+                "the tokenizer does not belong to this model"
+            )
         ids = list(range(base, base + len(new)))
         size = max(V, base + len(new))
         pieces = []
@@ -99,6 +112,9 @@ class AddTokens:
         if list(got) != ids:  # pragma: no cover - a tokenizer with holes in its ids
             raise HfExpandError(f"--add-tokens: the tokenizer gave ids {got[:5]}…, expected {ids[:5]}…; cannot align embeddings")
         notes = [f"{len(new)} new token(s) get ids {ids[0]}..{ids[-1]}"]
+        if ids[0] < V:
+            notes.append(f"the vocabulary was padded: ids {ids[0]}..{min(ids[-1], V - 1)} were unused rows and now "
+                         "hold the new tokens (their old logits are excluded from verification)")
         if present:
             notes.append(f"already in the vocabulary, not added: {present[:20]}" + (" …" if len(present) > 20 else ""))
         empty = [t for t, p in zip(new, pieces) if not p]

@@ -62,6 +62,13 @@ class WidenHidden:
             raise HfExpandError(f"--widen-hidden factor {f:g} is above {MAX_FACTOR}; is that a typo?")
         object.__setattr__(self, "factor", int(f))
 
+    @staticmethod
+    def _head_reads_hidden(config, layout: ModelLayout, updates: dict) -> bool:
+        """Whether the output embedding's input axis grows (OPT with a narrower word_embed_proj_dim has a
+        projection between the final norm and the head: nothing to fold, the tie simply stays)."""
+        grown = describe(updated_config(config, updates), layout.model_cls)
+        return grown.params[layout.output_embedding].shape != layout.params[layout.output_embedding].shape
+
     def plan(self, config, layout: ModelLayout) -> Plan:
         check_refusals(config, self.name)
         k, family = self.factor, layout.family
@@ -87,7 +94,7 @@ class WidenHidden:
         notes = []
         embed_mul = k ** -0.5 if family.embed_scale == "sqrt_hidden" else 1.0
         head = layout.output_embedding
-        tied = head is not None and head in layout.tied
+        tied = head is not None and head in layout.tied and self._head_reads_hidden(config, layout, updates)
         head_norm = next((h for h in family.head_norms if f"{h}.weight" in layout.params), None) if tied else None
         if tied and head_norm is None:
             updates["tie_word_embeddings"] = False

@@ -145,7 +145,9 @@ def grow_model(
     ``outputs`` on ``probes``) may be passed when the caller already has them. The input model is cast to float32 in
     place (growth maths runs in fp32); its values are not changed.
     """
-    tolerance = default_tolerance(next(model.parameters()).dtype) if tolerance is None else tolerance
+    # The maths runs in fp32 whatever the model's dtype, so the in-memory check uses the fp32 tolerance;
+    # rounding to the checkpoint's dtype is judged after saving (grow_checkpoint's reload check).
+    tolerance = default_tolerance(torch.float32) if tolerance is None else tolerance
     model = model.float().eval()
     probes = probes or make_probes(model.config, seed=seed, vocab_limit=probe_vocab_limit(operations))
     base_out = base_outputs if base_outputs is not None else outputs(model, probes)
@@ -212,9 +214,12 @@ def grow_checkpoint(
     probes = make_probes(model.config, tokenizer, list(probe_texts or []), seed=seed,
                          vocab_limit=probe_vocab_limit(operations))
     dtype = source_dtype(config)  # the checkpoint's dtype (the model itself was loaded in fp32)
+    user_tolerance = tolerance
     tolerance = default_tolerance(dtype) if tolerance is None else tolerance
     base_out = outputs(model.eval(), probes)
-    grown, report = grow_model(model, operations, seed, tolerance, probes, accept_difference, progress, base_out)
+    in_memory_tolerance = default_tolerance(torch.float32) if user_tolerance is None else user_tolerance
+    grown, report = grow_model(model, operations, seed, in_memory_tolerance, probes, accept_difference, progress, base_out)
+    report.tolerance = tolerance
     del model  # free the base weights before saving
 
     with atomic_output_dir(out, overwrite, src) as tmp:

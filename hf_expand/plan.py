@@ -188,6 +188,18 @@ class Plan:
 WHOLE = {"axis": None}
 
 
+def mask_ranges(mask: list[bool]) -> list[tuple[int, int]]:
+    """The (start, stop) runs of True in ``mask``."""
+    out, start = [], None
+    for j, m in enumerate(list(mask) + [False]):
+        if m and start is None:
+            start = j
+        elif not m and start is not None:
+            out.append((start, j))
+            start = None
+    return out
+
+
 def _follow_remap(slices: list[dict], remap: "Remap") -> list[dict]:
     """Where the entries of ``slices`` sit after ``remap`` (every copy of them included)."""
     index = remap.element_index()
@@ -197,14 +209,7 @@ def _follow_remap(slices: list[dict], remap: "Remap") -> list[dict]:
             out.append(s)
             continue
         old = set(range(s["start"], s["stop"]))
-        hit = [i in old for i in index] + [False]
-        start = None
-        for j, h in enumerate(hit):
-            if h and start is None:
-                start = j
-            elif not h and start is not None:
-                out.append({"axis": s["axis"], "start": start, "stop": j})
-                start = None
+        out.extend({"axis": s["axis"], "start": a, "stop": b} for a, b in mask_ranges([i in old for i in index]))
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Mapping
 
 from ..architectures import ModelLayout, _match
 from ..errors import HfExpandError, UnsupportedArchitecture
-from ..plan import WHOLE, Remap, SpaceMap, TensorStep, element_index
+from ..plan import WHOLE, Remap, SpaceMap, TensorStep, element_index, mask_ranges
 
 Spaces = Mapping[str, tuple[SpaceMap, int]]  # name -> (map over units, entries per unit)
 
@@ -64,17 +64,6 @@ def _segments(layout: ModelLayout, p, axis: int, old: int, new: int, spaces: Spa
     return fitting[0]
 
 
-def _ranges(mask: list[bool]) -> list[tuple[int, int]]:
-    out, start = [], None
-    for j, m in enumerate(mask + [False]):
-        if m and start is None:
-            start = j
-        elif not m and start is not None:
-            out.append((start, j))
-            start = None
-    return out
-
-
 def remap_steps(layout: ModelLayout, new_layout: ModelLayout, spaces: Spaces, noise: float = 0.0):
     """Steps, new slices and modified tensors that take every parameter of ``layout`` to its shape in
     ``new_layout``. A new slice is a new entry or a second (third…) copy of an old one; a tensor whose
@@ -102,7 +91,7 @@ def remap_steps(layout: ModelLayout, new_layout: ModelLayout, spaces: Spaces, no
             for i in index:
                 fresh.append(i < 0 or i in seen)
                 seen.add(i)
-            new_slices.setdefault(name, []).extend({"axis": axis, "start": s, "stop": e} for s, e in _ranges(fresh))
+            new_slices.setdefault(name, []).extend({"axis": axis, "start": s, "stop": e} for s, e in mask_ranges(fresh))
             if reads and len(seen - {-1}) < sum(1 for i in index if i >= 0):
                 modified[name] = [dict(WHOLE)]
         steps[name] = TensorStep(name, name, old_shape, new_shape, tuple(actions))

@@ -62,13 +62,6 @@ class WidenHidden:
             raise HfExpandError(f"--widen-hidden factor {f:g} is above {MAX_FACTOR}; is that a typo?")
         object.__setattr__(self, "factor", int(f))
 
-    @staticmethod
-    def _head_reads_hidden(config, layout: ModelLayout, updates: dict) -> bool:
-        """Whether the output embedding's input axis grows (OPT with a narrower word_embed_proj_dim has a
-        projection between the final norm and the head: nothing to fold, the tie simply stays)."""
-        grown = describe(updated_config(config, updates), layout.model_cls)
-        return grown.params[layout.output_embedding].shape != layout.params[layout.output_embedding].shape
-
     def plan(self, config, layout: ModelLayout) -> Plan:
         check_refusals(config, self.name)
         k, family = self.factor, layout.family
@@ -93,15 +86,19 @@ class WidenHidden:
         }
         notes = []
         embed_mul = k ** -0.5 if family.embed_scale == "sqrt_hidden" else 1.0
+        new_config = validated(updated_config(config, updates), f"--widen-hidden {k}")
+        new_layout = describe(new_config, layout.model_cls)  # untying below changes no shape
+
         head = layout.output_embedding
-        tied = head is not None and head in layout.tied and self._head_reads_hidden(config, layout, updates)
+        # Only a head that reads the replicated hidden state needs the fold (OPT with a narrower
+        # word_embed_proj_dim projects first: its head keeps its size and the tie simply stays).
+        tied = (head is not None and head in layout.tied
+                and new_layout.params[head].shape != layout.params[head].shape)
         head_norm = next((h for h in family.head_norms if f"{h}.weight" in layout.params), None) if tied else None
         if tied and head_norm is None:
             updates["tie_word_embeddings"] = False
+            new_config.tie_word_embeddings = False
             notes.append(f"{head} untied from {layout.input_embedding}: no norm before the head to fold 1/{k} into")
-
-        new_config = validated(updated_config(config, updates), f"--widen-hidden {k}")
-        new_layout = describe(new_config, layout.model_cls)
         steps, new_slices, modified = remap_steps(layout, new_layout, spaces, SPLIT_NOISE if self.noise else 0.0)
 
         def scale(name: str, mul: float, add: float = 0.0):

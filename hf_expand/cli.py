@@ -1,4 +1,4 @@
-"""Command line: ``hf-expand grow`` and ``hf-expand verify`` (also ``python -m hf_expand``).
+"""Command line: ``hf-expand grow``, ``verify``, ``augment``, ``setup-wordnet`` (also ``python -m hf_expand``).
 
 User errors print one line (``hf-expand: error: ...``) and exit 2, with nothing written.
 """
@@ -67,6 +67,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dry-run", action="store_true", help="print the plan; read no weights, write nothing")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     g.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code from the source")
+
+    a = sub.add_parser("augment", parents=[common], help="augment the text of a dataset (file, save_to_disk folder or Hub id)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="augmenters (SPEC = name:key=value,...; parameters with defaults):\n" + _augmenters_help())
+    a.add_argument("data", help="csv/json/jsonl/parquet/txt file, save_to_disk folder, or Hub dataset id")
+    a.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    a.add_argument("--text-column", action="append", required=True, metavar="COL",
+                   help="column to augment (repeat, or COL1,COL2, for several)")
+    a.add_argument("--augment", action="append", metavar="SPEC",
+                   help="augmenter spec, e.g. synonym:p=0.3 (repeat to chain; default: synonym)")
+    a.add_argument("--copies", type=int, default=1, help="augmented copies per row (default 1)")
+    a.add_argument("--seed", type=int, default=0, help="seed; the output depends only on data, specs and seed")
+    a.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map")
+    a.add_argument("--batch-size", type=int, default=64, help="rows per map batch (does not change the output)")
+    a.add_argument("--split", action="append", metavar="NAME",
+                   help="split to augment (repeatable; default train); other splits are copied untouched")
+    a.add_argument("--format", choices=["arrow", "jsonl"], default="arrow",
+                   help="arrow (save_to_disk, default) or jsonl (one <split>.jsonl per split)")
+    a.add_argument("--no-original", action="store_true", help="output only the augmented copies")
+    a.add_argument("--drop-duplicates", action="store_true",
+                   help="drop augmented rows identical to their original or an earlier copy (default: keep and count)")
+    a.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+    s = sub.add_parser("setup-wordnet", parents=[common],
+                       help="copy Debian's WordNet (apt-get install wordnet-base wordnet-sense-index) into NLTK's layout")
+    s.add_argument("--source", default="/usr/share/wordnet", help="folder with the WordNet 3.0 database files")
+    s.add_argument("--target", default=None, help="NLTK data folder (default $HF_EXPAND_NLTK_DATA or ~/.cache/hf_expand/nltk_data)")
 
     v = sub.add_parser("verify", parents=[common], help="compare the outputs of two models (folders or Hub ids) on probe inputs")
     v.add_argument("base")
@@ -142,7 +169,7 @@ def _operations(args) -> list:
 
 
 def _check_common(args) -> None:
-    if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+    if getattr(args, "tolerance", None) is not None and not (math.isfinite(args.tolerance) and args.tolerance >= 0):
         raise HfExpandError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     if not 0 <= args.seed < 2**63:
         raise HfExpandError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
@@ -193,6 +220,59 @@ def cmd_verify(args) -> int:
     return 0 if ok else 1
 
 
+def _augmenters_help() -> str:
+    from .augment.registry import describe
+
+    return describe()
+
+
+def cmd_augment(args) -> int:
+    import time
+
+    from .augment import augment_dataset, resolve, summarize
+    from .augment.data_io import load_data, save_data
+    from .model_io import atomic_output_dir, check_output_dir
+
+    columns = [c.strip() for item in args.text_column for c in item.split(",") if c.strip()]
+    if args.copies < 1:
+        raise HfExpandError(f"--copies must be >= 1, got {args.copies}")
+    if args.num_proc is not None and args.num_proc < 1:
+        raise HfExpandError(f"--num-proc must be >= 1, got {args.num_proc}")
+    if args.batch_size < 1:
+        raise HfExpandError(f"--batch-size must be >= 1, got {args.batch_size}")
+    _check_common(args)
+    check_output_dir(args.out, args.overwrite, args.data)
+    specs = resolve(args.augment or ["synonym"])  # validated before any data is read
+    if args.quiet:
+        import datasets
+
+        datasets.disable_progress_bars()
+    data = load_data(args.data)
+    splits = args.split or ["train"]
+    start = time.perf_counter()
+    out = augment_dataset(data, specs, columns, copies=args.copies, seed=args.seed, num_proc=args.num_proc,
+                          splits=splits, keep_original=not args.no_original,
+                          duplicates="drop" if args.drop_duplicates else "keep", batch_size=args.batch_size,
+                          progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    with atomic_output_dir(args.out, args.overwrite, args.data) as tmp:
+        save_data(out, tmp, args.format)
+    pairs = [("rows", data, out)] if not hasattr(data, "keys") else [(s, data[s], out[s]) for s in splits]
+    for name, before, after in pairs:
+        print(f"{name}: {summarize(before, after, columns, args.copies, seconds)}")
+    print(f"augmenters: {'; '.join(str(s) for s in specs)}; seed {args.seed}")
+    print(f"wrote {args.out} ({args.format})")
+    return 0
+
+
+def cmd_setup_wordnet(args) -> int:
+    from .augment.wordnet import install_wordnet
+
+    root = install_wordnet(args.source, args.target)
+    print(f"WordNet installed under {root} (NLTK layout); the synonym augmenter finds it there")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -201,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             import transformers
 
             transformers.utils.logging.disable_progress_bar()
-        return {"grow": cmd_grow, "verify": cmd_verify}[args.command](args)
+        commands = {"grow": cmd_grow, "verify": cmd_verify, "augment": cmd_augment, "setup-wordnet": cmd_setup_wordnet}
+        return commands[args.command](args)
     except PreservationError as exc:
         print(f"hf-expand: error: {exc}", file=sys.stderr)
         return 1

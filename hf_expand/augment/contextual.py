@@ -1,0 +1,154 @@
+"""``contextual``: replace words with a masked LM's predictions, many sentences per forward pass.
+
+nlpaug's ContextualWordEmbsAug runs the model once per replaced word per sentence (and calls tokenizer
+internals transformers 5 removed). Here each sentence's chosen words are masked together, a whole batch of
+sentences goes through the model in one call, and the replacement for each mask is drawn from the top-k
+whole-word predictions with the sentence's own generator.
+
+Determinism: logits of one sentence can differ in the last bits with the batch it is padded into, so the
+sampling probabilities are rounded to 1e-4 first; the choice then depends on (text, seed) only.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..errors import HfExpandError
+from .nlpaug_augmenters import WORD_PARAMS
+from .specs import REQUIRED, AugmenterType, Param, count
+
+# A word we may replace: optional leading/trailing punctuation around letters (with inner ' or -).
+_WORD = re.compile(r"^(\W*)([A-Za-z][A-Za-z'-]*[A-Za-z]|[A-Za-z])(\W*)$")
+
+
+def load_pretrained(auto_cls, name: str, device: str, what: str):
+    """(tokenizer, model in eval mode) from a Hub id or local folder, or a one-line error."""
+    import torch
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = auto_cls.from_pretrained(name, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001 - any loading failure becomes one line for the user
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise HfExpandError(f"cannot load {what} {name!r}: {first}") from None
+    try:
+        model.to(device)
+    except Exception as exc:  # noqa: BLE001
+        raise HfExpandError(f"cannot use device {device!r}: {exc}") from None
+    return tokenizer, model.eval()
+
+
+def whole_word_ids(tokenizer) -> np.ndarray:
+    """Boolean mask over the vocabulary: tokens that are a whole alphabetic word on their own."""
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    special = set(tokenizer.all_special_tokens)
+    wordpiece = any(t.startswith("##") for t in vocab if t)
+    ok = np.zeros(len(vocab), dtype=bool)
+    for i, tok in enumerate(vocab):
+        if not tok or tok in special:
+            continue
+        if wordpiece:
+            ok[i] = tok.isalpha()
+        elif tok[0] in "\u0120\u2581":  # byte-level BPE / sentencepiece word starts
+            ok[i] = tok[1:].isalpha()
+    if not ok.any():
+        raise HfExpandError("the masked LM's vocabulary has no whole-word tokens to substitute with")
+    return ok
+
+
+def _match_case(original: str, word: str) -> str:
+    if original.isupper() and len(original) > 1:
+        return word.upper()
+    return word[:1].upper() + word[1:] if original[:1].isupper() else word
+
+
+class ContextualAugmenter:
+    def __init__(self, p: dict):
+        from transformers import AutoModelForMaskedLM
+
+        self.p = p
+        self.tokenizer, self.model = load_pretrained(AutoModelForMaskedLM, p["model"], p["device"], "masked LM")
+        if self.tokenizer.mask_token_id is None:
+            raise HfExpandError(f"{p['model']!r} has no mask token; contextual needs a masked LM (BERT, RoBERTa, ...)")
+        self.allowed = whole_word_ids(self.tokenizer)
+        self.vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+
+    def _choose(self, text: str, rng: np.random.Generator):
+        """Split into pieces (words and spaces) and pick which word pieces to mask."""
+        pieces = re.split(r"(\s+)", text)
+        words = [i for i, piece in enumerate(pieces) if _WORD.match(piece)]
+        n = min(self.p["max"], max(self.p["min"], int(len(words) * self.p["p"])), len(words))
+        chosen = sorted(rng.choice(len(words), n, replace=False).tolist()) if n else []
+        return pieces, [words[k] for k in chosen]
+
+    def augment(self, texts: list[str], seeds: list[int]) -> list[str]:
+        import torch
+
+        rngs = [np.random.default_rng(seed) for seed in seeds]
+        plans = [self._choose(text, rng) for text, rng in zip(texts, rngs)]
+        out = list(texts)
+        todo = [i for i, (_, chosen) in enumerate(plans) if chosen]
+        for start in range(0, len(todo), self.p["batch_size"]):
+            rows = todo[start:start + self.p["batch_size"]]
+            masked = [self._masked(*plans[i]) for i in rows]
+            enc = self.tokenizer(masked, padding=True, truncation=True, max_length=self.p["max_length"], return_tensors="pt")
+            enc = {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            with torch.no_grad():
+                logits = self.model(**enc).logits.float()
+            is_mask = (enc["input_ids"] == self.tokenizer.mask_token_id).cpu().numpy()
+            for row, i in enumerate(rows):
+                positions = np.flatnonzero(is_mask[row])
+                pieces, chosen = plans[i]
+                new = list(pieces)
+                for k, pos in zip(chosen, positions):  # masks cut off by max_length leave their word as is
+                    lead, word, trail = _WORD.match(pieces[k]).groups()
+                    pick = self._sample(logits[row, pos].cpu().numpy(), word, rngs[i])
+                    if pick is not None:
+                        new[k] = lead + _match_case(word, pick) + trail
+                out[i] = "".join(new)
+        return out
+
+    def _masked(self, pieces: list[str], chosen: list[int]) -> str:
+        """The text with each chosen word replaced by the mask token, its punctuation kept."""
+        parts = []
+        for k, piece in enumerate(pieces):
+            if k in chosen:
+                lead, _, trail = _WORD.match(piece).groups()
+                parts.append(f"{lead}{self.tokenizer.mask_token}{trail}")
+            else:
+                parts.append(piece)
+        return "".join(parts)
+
+    def _sample(self, logits: np.ndarray, original: str, rng: np.random.Generator) -> str | None:
+        logits = np.where(self.allowed, logits, -np.inf)
+        top = np.argsort(-logits, kind="stable")[: self.p["top_k"] + 1]
+        top = [t for t in top if np.isfinite(logits[t]) and self._clean(self.vocab[t]).lower() != original.lower()]
+        top = top[: self.p["top_k"]]
+        if not top:
+            return None
+        scores = logits[top] - logits[top].max()
+        probs = np.round(np.exp(scores) / np.exp(scores).sum(), 4)  # rounding: see module docstring
+        if probs.sum() <= 0:
+            probs = np.ones(len(top))
+        choice = top[int(rng.choice(len(top), p=probs / probs.sum()))]
+        return self._clean(self.vocab[choice])
+
+    @staticmethod
+    def _clean(token: str) -> str:
+        return token[1:] if token[:1] in ("\u0120", "\u2581") else token
+
+
+TYPE = AugmenterType(
+    "contextual", "replace words with a masked LM's predictions (batched)",
+    WORD_PARAMS + (
+        Param("model", str, REQUIRED, "masked LM: Hub id or local folder"),
+        count("top_k", 20, "sample among this many best whole-word predictions"),
+        count("batch_size", 32, "sentences per forward pass"),
+        count("max_length", 128, "truncate sentences to this many tokens"),
+        Param("device", str, "cpu", "torch device, e.g. cpu or cuda"),
+    ),
+    ContextualAugmenter, uses_torch=True,
+)

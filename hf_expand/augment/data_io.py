@@ -1,0 +1,63 @@
+"""Load the data ``hf-expand augment`` reads and write what it produces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import HfExpandError
+
+FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+FORMATS = ("arrow", "jsonl")
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def load_data(source: str):
+    """A local csv/json/jsonl/parquet/txt file (-> ``DatasetDict`` with a ``train`` split), a ``save_to_disk``
+    folder, or a Hub dataset id (``load_dataset`` semantics)."""
+    import datasets
+
+    path = Path(source)
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+            try:
+                return datasets.load_from_disk(str(path))
+            except Exception as exc:  # noqa: BLE001
+                raise HfExpandError(f"cannot read the dataset folder {path}: {_first_line(exc)}") from None
+        raise HfExpandError(f"{path} is a folder but not a datasets save_to_disk folder; give a "
+                            f"{'/'.join(e[1:] for e in FILE_BUILDERS)} file or a save_to_disk folder")
+    if path.is_file():
+        builder = FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise HfExpandError(f"cannot read {path}: unknown extension {path.suffix!r}; "
+                                f"use one of {', '.join(FILE_BUILDERS)}")
+        if path.stat().st_size == 0:
+            raise HfExpandError(f"{path} is empty; nothing to augment")
+        try:
+            return datasets.load_dataset(builder, data_files=str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise HfExpandError(f"cannot read {path} as {builder}: {_first_line(exc)}") from None
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).suffix.lower() in FILE_BUILDERS:
+        raise HfExpandError(f"{source} does not exist; give a local file, a save_to_disk folder or a Hub dataset id")
+    try:
+        return datasets.load_dataset(source)
+    except Exception as exc:  # noqa: BLE001
+        raise HfExpandError(f"cannot load dataset {source!r} from the Hub: {_first_line(exc)}") from None
+
+
+def save_data(data, folder: Path, fmt: str) -> list[Path]:
+    """``save_to_disk`` (``arrow``) or one ``<split>.jsonl`` per split (``jsonl``) into ``folder``."""
+    from datasets import Dataset
+
+    if fmt == "arrow":
+        data.save_to_disk(str(folder))
+        return [folder]
+    splits = {"data": data} if isinstance(data, Dataset) else dict(data)
+    written = []
+    for name, ds in splits.items():
+        target = folder / f"{name}.jsonl"
+        ds.to_json(str(target), lines=True, force_ascii=False)
+        written.append(target)
+    return written

@@ -1,0 +1,235 @@
+"""Augment a ``datasets.Dataset`` / ``DatasetDict`` through a batched ``Dataset.map``.
+
+Every source row yields its original (unless ``keep_original=False``) followed by ``copies`` augmented rows;
+each output row keeps all the source columns and gains ``source_index`` and ``is_augmented``. The text of
+row ``i``, copy ``c``, column ``col`` through augmenter ``k`` is driven by one seed derived from
+``(seed, i, c, col, k)``, so the bytes depend on (input, specs, seed) only: not on ``num_proc``, batch size
+or the cache. The dataset fingerprint is derived from the same things instead of hashing the augmenters
+(which costs seconds per call for WordNet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import random
+import sys
+import time
+
+from .. import __version__
+from ..errors import HfExpandError
+from .registry import AUGMENTERS, resolve
+from .specs import AugmenterSpec
+
+SOURCE_INDEX, IS_AUGMENTED = "source_index", "is_augmented"
+DUPLICATE_POLICIES = ("keep", "drop")
+
+_BACKENDS: dict[str, object] = {}  # spec string -> backend; forked map workers inherit the parent's
+_MAIN_PID = os.getpid()
+_threads_limited = False
+
+
+def backend(spec: AugmenterSpec):
+    key = str(spec)
+    if key not in _BACKENDS:
+        _BACKENDS[key] = AUGMENTERS[spec.name].build(spec.kwargs)
+    return _BACKENDS[key]
+
+
+def _limit_threads_in_worker() -> None:
+    """A forked worker that enters an OpenMP region the parent already used hangs; one thread each avoids it."""
+    global _threads_limited
+    if not _threads_limited and os.getpid() != _MAIN_PID:
+        _threads_limited = True
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+
+
+def row_seed(seed: int, index: int, copy: int, column: str, step: int) -> int:
+    digest = hashlib.blake2b(f"{seed}|{index}|{copy}|{column}|{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+@dataclasses.dataclass(frozen=True)
+class _AugmentBatch:
+    """The map function: picklable (specs only; backends come from the per-process cache)."""
+
+    specs: tuple[AugmenterSpec, ...]
+    text_columns: tuple[str, ...]
+    copies: int
+    seed: int
+    keep_original: bool
+    drop_duplicates: bool
+
+    def __call__(self, batch: dict, indices: list[int]) -> dict:
+        _limit_threads_in_worker()
+        n = len(indices)
+        # augmented[col][(j, c)] for every string cell: all copies of the batch go through each augmenter at once
+        augmented = {}
+        for col in self.text_columns:
+            jobs = [(j, c) for j in range(n) for c in range(1, self.copies + 1) if isinstance(batch[col][j], str)]
+            texts = [batch[col][j] for j, _ in jobs]
+            for step, spec in enumerate(self.specs):
+                if texts:
+                    seeds = [row_seed(self.seed, indices[j], c, col, step) for j, c in jobs]
+                    texts = backend(spec).augment(texts, seeds)
+            augmented[col] = dict(zip(jobs, texts))
+        out = {key: [] for key in [*batch, SOURCE_INDEX, IS_AUGMENTED]}
+
+        def emit(j, is_aug, texts):
+            for key in batch:
+                out[key].append(texts[key] if key in texts else batch[key][j])
+            out[SOURCE_INDEX].append(indices[j])
+            out[IS_AUGMENTED].append(is_aug)
+
+        for j in range(n):
+            seen = {tuple(batch[col][j] for col in self.text_columns)}
+            if self.keep_original:
+                emit(j, False, {})
+            for c in range(1, self.copies + 1):
+                texts = {col: augmented[col].get((j, c), batch[col][j]) for col in self.text_columns}
+                key = tuple(texts[col] for col in self.text_columns)
+                if self.drop_duplicates and key in seen:
+                    continue
+                seen.add(key)
+                emit(j, True, texts)
+        return out
+
+
+def _check_split(ds, text_columns: tuple[str, ...], where: str) -> None:
+    for col in text_columns:
+        if col not in ds.column_names:
+            raise HfExpandError(f"text column {col!r} not found{where}; columns: {', '.join(ds.column_names)}")
+    for col in (SOURCE_INDEX, IS_AUGMENTED):
+        if col in ds.column_names:
+            raise HfExpandError(f"column {col!r} already exists{where}: the data looks augmented already; "
+                                f"augment the original data (or remove the column)")
+    if len(ds) == 0:
+        raise HfExpandError(f"the dataset{where} is empty; nothing to augment")
+
+
+def augment_dataset(data, augmenters, text_columns, *, copies: int = 1, seed: int = 0, num_proc: int | None = None,
+                    splits=("train",), keep_original: bool = True, duplicates: str = "keep", batch_size: int = 64,
+                    progress: bool = True):
+    """Augment ``data`` (a ``Dataset``, or the ``splits`` of a ``DatasetDict``) with ``augmenters`` applied in order.
+
+    ``augmenters``: specs like ``"synonym:p=0.3"`` or dicts ``{"name": "synonym", "p": 0.3}``.
+    ``duplicates``: ``"keep"`` (count them, see :func:`summarize`) or ``"drop"`` augmented rows identical to
+    their original or to an earlier copy. Other splits of a ``DatasetDict`` are returned untouched, so
+    evaluation data is never augmented unless named in ``splits``.
+    """
+    from datasets import Dataset, DatasetDict, Value
+
+    specs = tuple(resolve(augmenters))
+    if not specs:
+        raise HfExpandError("no augmenter given; e.g. augmenters=['synonym:p=0.3']")
+    text_columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
+    if not text_columns:
+        raise HfExpandError("no text column given")
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise HfExpandError(f"copies must be a whole number >= 1, got {copies!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise HfExpandError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
+    if num_proc is not None and (not isinstance(num_proc, int) or num_proc < 1):
+        raise HfExpandError(f"num_proc must be a whole number >= 1, got {num_proc!r}")
+    if duplicates not in DUPLICATE_POLICIES:
+        raise HfExpandError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {duplicates!r}")
+    if isinstance(data, DatasetDict):
+        splits = (splits,) if isinstance(splits, str) else tuple(splits)
+        missing = [s for s in splits if s not in data]
+        if missing:
+            raise HfExpandError(f"split {missing[0]!r} not found; splits: {', '.join(data)} (choose with --split)")
+        for s in splits:
+            _check_split(data[s], text_columns, f" in split {s!r}")
+    elif isinstance(data, Dataset):
+        _check_split(data, text_columns, "")
+    else:
+        raise HfExpandError(f"expected a datasets.Dataset or DatasetDict, got {type(data).__name__}")
+
+    for spec in specs:  # load WordNet / models once, in this process, before any worker forks
+        backend(spec)
+    if num_proc and num_proc > 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    fn = _AugmentBatch(specs, text_columns, copies, seed, keep_original, duplicates == "drop")
+
+    def run(ds, name):
+        features = ds.features.copy()
+        features[SOURCE_INDEX] = Value("int64")
+        features[IS_AUGMENTED] = Value("bool")
+        fingerprint = hashlib.blake2b(
+            repr((ds._fingerprint, [str(s) for s in specs], text_columns, copies, seed, keep_original, duplicates,
+                  __version__)).encode(), digest_size=16).hexdigest()
+        return ds.map(fn, batched=True, batch_size=batch_size, with_indices=True, num_proc=num_proc,
+                      features=features, new_fingerprint=fingerprint, desc=f"augmenting {name}" if progress else None)
+
+    if isinstance(data, Dataset):
+        return run(data, "rows")
+    return DatasetDict({name: run(ds, name) if name in splits else ds for name, ds in data.items()})
+
+
+@dataclasses.dataclass
+class AugmentSummary:
+    rows_in: int
+    rows_out: int
+    augmented: int  # augmented rows in the output
+    changed: int  # augmented rows whose text differs from their source
+    duplicates: int  # augmented rows (kept) identical to their source or an earlier copy
+    dropped: int  # augmented rows dropped as duplicates
+    non_text: int  # source cells that were None / not a string, passed through unchanged
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        return (f"rows in {self.rows_in:,}, rows out {self.rows_out:,} ({self.augmented:,} augmented, "
+                f"{self.changed:,} changed, {self.duplicates:,} duplicates kept, {self.dropped:,} dropped); "
+                f"non-text cells passed through: {self.non_text:,}; {self.seconds:.1f}s")
+
+
+def summarize(source, augmented, text_columns, copies: int, seconds: float = 0.0) -> AugmentSummary:
+    """Count what an :func:`augment_dataset` call did to one split (``source`` -> ``augmented``)."""
+    text_columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
+    src = list(zip(*(source[col] for col in text_columns)))
+    out = list(zip(*(augmented[col] for col in text_columns)))
+    flags, index = augmented[IS_AUGMENTED], augmented[SOURCE_INDEX]
+    changed = duplicates = 0
+    seen: dict[int, set] = {}
+    for texts, is_aug, i in zip(out, flags, index):
+        if not is_aug:
+            continue
+        known = seen.setdefault(i, {src[i]})
+        changed += texts != src[i]
+        duplicates += texts in known
+        known.add(texts)
+    n_aug = sum(flags)
+    non_text = sum(not isinstance(v, str) for row in src for v in row)
+    return AugmentSummary(len(source), len(augmented), n_aug, changed, duplicates,
+                          len(source) * copies - n_aug, non_text, seconds)
+
+
+def split_by_source(dataset, test_size: float = 0.1, seed: int = 0):
+    """Split an augmented dataset into ``train``/``test`` by ``source_index``: all rows made from one source
+    row land on the same side, so no augmented copy of a test sentence leaks into training."""
+    from datasets import DatasetDict
+
+    if SOURCE_INDEX not in dataset.column_names:
+        raise HfExpandError(f"no {SOURCE_INDEX!r} column; split_by_source works on augment_dataset output")
+    groups = sorted(set(dataset[SOURCE_INDEX]))
+    if not 0 < test_size < 1:
+        raise HfExpandError(f"test_size must be a share in (0, 1), got {test_size}")
+    if len(groups) < 2:
+        raise HfExpandError("need at least two source rows to split")
+    random.Random(seed).shuffle(groups)
+    n_test = min(len(groups) - 1, max(1, round(len(groups) * test_size)))
+    test = set(groups[:n_test])
+    is_test = [i in test for i in dataset[SOURCE_INDEX]]
+    return DatasetDict({
+        "train": dataset.select([k for k, t in enumerate(is_test) if not t]),
+        "test": dataset.select([k for k, t in enumerate(is_test) if t]),
+    })
+
+
+def timed_augment(data, *args, **kwargs):
+    """:func:`augment_dataset` plus wall time in seconds."""
+    start = time.perf_counter()
+    out = augment_dataset(data, *args, **kwargs)
+    return out, time.perf_counter() - start

@@ -7,6 +7,8 @@ whole-word predictions with the sentence's own generator.
 
 Determinism: logits of one sentence can differ in the last bits with the batch it is padded into, so the
 sampling probabilities are rounded to 1e-4 first; the choice then depends on (text, seed) only.
+
+A text that already contains the mask token literally is left unchanged (its masks would be ambiguous).
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class ContextualAugmenter:
     def _choose(self, text: str, rng: np.random.Generator):
         """Split into pieces (words and spaces) and pick which word pieces to mask."""
         pieces = re.split(r"(\s+)", text)
+        if self.tokenizer.mask_token in text:
+            return pieces, []
         words = [i for i, piece in enumerate(pieces) if _WORD.match(piece)]
         n = min(self.p["max"], max(self.p["min"], int(len(words) * self.p["p"])), len(words))
         chosen = sorted(rng.choice(len(words), n, replace=False).tolist()) if n else []

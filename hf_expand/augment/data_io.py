@@ -35,10 +35,16 @@ def load_data(source: str):
                                 f"use one of {', '.join(FILE_BUILDERS)}")
         if path.stat().st_size == 0:
             raise HfExpandError(f"{path} is empty; nothing to augment")
+        level = datasets.logging.get_verbosity()
+        datasets.logging.set_verbosity_error()  # datasets logs read failures before raising; we say it once
         try:
             return datasets.load_dataset(builder, data_files=str(path))
         except Exception as exc:  # noqa: BLE001
+            if "corresponds to no data" in str(exc):
+                raise HfExpandError(f"{path} has no rows; nothing to augment") from None
             raise HfExpandError(f"cannot read {path} as {builder}: {_first_line(exc)}") from None
+        finally:
+            datasets.logging.set_verbosity(level)
     if source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).suffix.lower() in FILE_BUILDERS:
         raise HfExpandError(f"{source} does not exist; give a local file, a save_to_disk folder or a Hub dataset id")
     try:

@@ -20,6 +20,14 @@ class NlpaugRows:
         self.aug = aug
 
     def augment(self, texts: list[str], seeds: list[int]) -> list[str]:
+        saved = random.getstate(), np.random.get_state()  # the caller's random state is theirs: restored below
+        try:
+            return self._augment(texts, seeds)
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+
+    def _augment(self, texts: list[str], seeds: list[int]) -> list[str]:
         out = []
         for text, seed in zip(texts, seeds):
             random.seed(seed)

@@ -30,8 +30,21 @@ _MAIN_PID = os.getpid()
 _threads_limited = False
 
 
-def backend(spec: AugmenterSpec):
-    key = str(spec)
+def model_signature(spec: AugmenterSpec) -> str:
+    """What the spec's local model folders hold (names, sizes, mtimes), so that re-saving a model under the
+    same path changes the cache key and the dataset fingerprint. Hub ids are taken as given."""
+    parts = []
+    for _, value in spec.params:
+        if isinstance(value, str) and os.path.isdir(value):
+            for root, _, files in sorted(os.walk(value)):
+                for name in sorted(files):
+                    st = os.stat(os.path.join(root, name))
+                    parts.append(f"{os.path.relpath(os.path.join(root, name), value)}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest() if parts else ""
+
+
+def backend(spec: AugmenterSpec, signature: str | None = None):
+    key = f"{spec}#{model_signature(spec) if signature is None else signature}"
     if key not in _BACKENDS:
         _BACKENDS[key] = AUGMENTERS[spec.name].build(spec.kwargs)
     return _BACKENDS[key]
@@ -56,6 +69,7 @@ class _AugmentBatch:
     """The map function: picklable (specs only; backends come from the per-process cache)."""
 
     specs: tuple[AugmenterSpec, ...]
+    signatures: tuple[str, ...]  # model_signature of each spec, computed once in the parent
     text_columns: tuple[str, ...]
     copies: int
     seed: int
@@ -73,7 +87,7 @@ class _AugmentBatch:
             for step, spec in enumerate(self.specs):
                 if texts:
                     seeds = [row_seed(self.seed, indices[j], c, col, step) for j, c in jobs]
-                    texts = backend(spec).augment(texts, seeds)
+                    texts = backend(spec, self.signatures[step]).augment(texts, seeds)
             augmented[col] = dict(zip(jobs, texts))
         out = {key: [] for key in [*batch, SOURCE_INDEX, IS_AUGMENTED]}
 
@@ -119,6 +133,21 @@ def augment_dataset(data, augmenters, text_columns, *, copies: int = 1, seed: in
     their original or to an earlier copy. Other splits of a ``DatasetDict`` are returned untouched, so
     evaluation data is never augmented unless named in ``splits``.
     """
+    import numpy as np
+
+    saved = random.getstate(), np.random.get_state()  # imports and backends may draw; the caller's streams stay
+    try:
+        return _augment_dataset(data, augmenters, text_columns, copies=copies, seed=seed, num_proc=num_proc,
+                                splits=splits, keep_original=keep_original, duplicates=duplicates,
+                                batch_size=batch_size, progress=progress)
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+
+
+def _augment_dataset(data, augmenters, text_columns, *, copies, seed, num_proc, splits, keep_original, duplicates,
+                     batch_size, progress):
+    import datasets
     from datasets import Dataset, DatasetDict, Value
 
     specs = tuple(resolve(augmenters))
@@ -147,21 +176,29 @@ def augment_dataset(data, augmenters, text_columns, *, copies: int = 1, seed: in
     else:
         raise HfExpandError(f"expected a datasets.Dataset or DatasetDict, got {type(data).__name__}")
 
-    for spec in specs:  # load WordNet / models once, in this process, before any worker forks
-        backend(spec)
+    signatures = tuple(model_signature(spec) for spec in specs)
+    for spec, signature in zip(specs, signatures):  # load WordNet / models once, here, before workers fork
+        backend(spec, signature)
     if num_proc and num_proc > 1:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    fn = _AugmentBatch(specs, text_columns, copies, seed, keep_original, duplicates == "drop")
+    fn = _AugmentBatch(specs, signatures, text_columns, copies, seed, keep_original, duplicates == "drop")
 
     def run(ds, name):
         features = ds.features.copy()
         features[SOURCE_INDEX] = Value("int64")
         features[IS_AUGMENTED] = Value("bool")
         fingerprint = hashlib.blake2b(
-            repr((ds._fingerprint, [str(s) for s in specs], text_columns, copies, seed, keep_original, duplicates,
+            repr((ds._fingerprint, [str(s) for s in specs], signatures, text_columns, copies, seed, keep_original, duplicates,
                   __version__)).encode(), digest_size=16).hexdigest()
-        return ds.map(fn, batched=True, batch_size=batch_size, with_indices=True, num_proc=num_proc,
-                      features=features, new_fingerprint=fingerprint, desc=f"augmenting {name}" if progress else None)
+        was_enabled = datasets.is_progress_bar_enabled()
+        if not progress:
+            datasets.disable_progress_bars()
+        try:
+            return ds.map(fn, batched=True, batch_size=batch_size, with_indices=True, num_proc=num_proc,
+                          features=features, new_fingerprint=fingerprint, desc=f"augmenting {name}")
+        finally:
+            if was_enabled:
+                datasets.enable_progress_bars()
 
     if isinstance(data, Dataset):
         return run(data, "rows")

@@ -30,6 +30,5 @@ def save_tiny_translator(tokenizer, out: str | Path, seed: int = 0) -> Path:
                         max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id, bos_token_id=start,
                         eos_token_id=end, decoder_start_token_id=start, forced_eos_token_id=None)
     BartForConditionalGeneration(config).save_pretrained(out)  # random: it rambles until max_length
-    tokenizer.model_input_names = ["input_ids", "attention_mask"]  # nlpaug's baseline unpacks exactly these two
     tokenizer.save_pretrained(out)
     return Path(out)

@@ -116,7 +116,8 @@ def pos_tag(tokens: list[str]) -> list[tuple[str, str]]:
         raise HfExpandError("the synonym augmenter needs textblob's tagger; run: pip install 'hf-expand[augment]'") from None
     if not tokens:
         return []
-    tagged = tag(" ".join(tokens), tokenize=False)
-    if len(tagged) != len(tokens):  # a token with inner spaces: tag one by one to keep alignment
+    if all(t and not any(c.isspace() for c in t) for t in tokens):
+        tagged = tag(" ".join(tokens), tokenize=False)  # in context: one tag per space-separated token
+    else:  # empty tokens or tokens with inner spaces would shift the alignment: tag one by one
         tagged = [(t, (tag(t, tokenize=False) or [(t, "NN")])[0][1]) for t in tokens]
     return [(token, tg) for token, (_, tg) in zip(tokens, tagged)]

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--copies", type=int, default=1, help="augmented copies per row (default 1)")
     a.add_argument("--seed", type=int, default=0, help="seed; the output depends only on data, specs and seed")
     a.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map")
-    a.add_argument("--batch-size", type=int, default=64, help="rows per map batch (does not change the output)")
+    a.add_argument("--batch-size", type=int, default=1000, help="rows per map batch (does not change the output)")
     a.add_argument("--split", action="append", metavar="NAME",
                    help="split to augment (repeatable; default train); other splits are copied untouched")
     a.add_argument("--format", choices=["arrow", "jsonl"], default="arrow",

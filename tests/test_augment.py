@@ -596,3 +596,19 @@ def test_pos_tag_keeps_alignment_with_odd_tokens():
     tags = hf_wordnet.pos_tag(["a b", "", "dog"])
     assert [t for t, _ in tags] == ["a b", "", "dog"]
     assert tags[2][1] == "NN"
+
+
+def test_forked_worker_gets_its_own_wordnet_files(nltk_data_dir):
+    """Parent and forked map workers must not share NLTK's open WordNet files (one shared offset gave
+    garbage synsets with num_proc=2 on 10k rows): the child starts with no open handles."""
+    wn = hf_wordnet.ensure_wordnet()
+    assert wn.synsets("dog")  # opens the noun data file in the parent
+    assert wn._data_file_map
+    pid = os.fork()
+    if pid == 0:  # child
+        import nltk.corpus
+
+        os._exit(0 if nltk.corpus.wordnet._data_file_map == {} else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert wn._data_file_map  # the parent keeps its own

@@ -69,13 +69,14 @@ def _match_case(original: str, word: str) -> str:
 
 class ContextualAugmenter:
     def __init__(self, p: dict):
+        import torch
         from transformers import AutoModelForMaskedLM
 
         self.p = p
         self.tokenizer, self.model = load_pretrained(AutoModelForMaskedLM, p["model"], p["device"], "masked LM")
         if self.tokenizer.mask_token_id is None:
             raise HfExpandError(f"{p['model']!r} has no mask token; contextual needs a masked LM (BERT, RoBERTa, ...)")
-        self.allowed = whole_word_ids(self.tokenizer)
+        self.allowed = torch.from_numpy(whole_word_ids(self.tokenizer))
         self.vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
 
     def _choose(self, text: str, rng: np.random.Generator):
@@ -102,16 +103,24 @@ class ContextualAugmenter:
             enc = {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
             with torch.no_grad():
                 logits = self.model(**enc).logits.float()
-            is_mask = (enc["input_ids"] == self.tokenizer.mask_token_id).cpu().numpy()
+                is_mask = enc["input_ids"] == self.tokenizer.mask_token_id
+                # Only the masked positions matter: keep whole-word tokens, take the k+1 best (one may be
+                # the original word) for all masks of the batch at once.
+                scores = logits[is_mask].masked_fill(~self.allowed.to(logits.device), float("-inf"))
+                top_scores, top_ids = scores.topk(min(self.p["top_k"] + 1, scores.shape[-1]), dim=-1)
+            top_scores, top_ids = top_scores.cpu().numpy(), top_ids.cpu().numpy()
+            per_row = is_mask.sum(dim=1).tolist()
+            offset = 0
             for row, i in enumerate(rows):
-                positions = np.flatnonzero(is_mask[row])
                 pieces, chosen = plans[i]
                 new = list(pieces)
-                for k, pos in zip(chosen, positions):  # masks cut off by max_length leave their word as is
+                # masks cut off by max_length leave their word as is
+                for slot, k in enumerate(chosen[:per_row[row]]):
                     lead, word, trail = _WORD.match(pieces[k]).groups()
-                    pick = self._sample(logits[row, pos].cpu().numpy(), word, rngs[i])
+                    pick = self._sample(top_scores[offset + slot], top_ids[offset + slot], word, rngs[i])
                     if pick is not None:
                         new[k] = lead + _match_case(word, pick) + trail
+                offset += per_row[row]
                 out[i] = "".join(new)
         return out
 
@@ -126,19 +135,18 @@ class ContextualAugmenter:
                 parts.append(piece)
         return "".join(parts)
 
-    def _sample(self, logits: np.ndarray, original: str, rng: np.random.Generator) -> str | None:
-        logits = np.where(self.allowed, logits, -np.inf)
-        top = np.argsort(-logits, kind="stable")[: self.p["top_k"] + 1]
-        top = [t for t in top if np.isfinite(logits[t]) and self._clean(self.vocab[t]).lower() != original.lower()]
-        top = top[: self.p["top_k"]]
-        if not top:
+    def _sample(self, scores: np.ndarray, ids: np.ndarray, original: str, rng: np.random.Generator) -> str | None:
+        """Draw one of the top-k candidates (best first, without the original word) by softmax probability."""
+        keep = [n for n, (s, t) in enumerate(zip(scores, ids))
+                if np.isfinite(s) and self._clean(self.vocab[t]).lower() != original.lower()][: self.p["top_k"]]
+        if not keep:
             return None
-        scores = logits[top] - logits[top].max()
-        probs = np.round(np.exp(scores) / np.exp(scores).sum(), 4)  # rounding: see module docstring
+        keep.sort(key=lambda n: ids[n])  # by token id: near-ties may swap rank between batch compositions
+        best = scores[keep] - scores[keep].max()
+        probs = np.round(np.exp(best) / np.exp(best).sum(), 4)  # rounding: see module docstring
         if probs.sum() <= 0:
-            probs = np.ones(len(top))
-        choice = top[int(rng.choice(len(top), p=probs / probs.sum()))]
-        return self._clean(self.vocab[choice])
+            probs = np.ones(len(keep))
+        return self._clean(self.vocab[ids[keep[int(rng.choice(len(keep), p=probs / probs.sum()))]]])
 
     @staticmethod
     def _clean(token: str) -> str:

@@ -1,41 +1,43 @@
 """The per-sentence augmenters, each a thin wrapper around an nlpaug augmenter.
 
-nlpaug draws from Python's ``random`` and NumPy's global generator, so before every sentence we seed both
-from that sentence's own seed: the result depends on (text, seed) only, never on what ran before it.
+nlpaug draws from Python's global ``random`` (the augmenters exposed here never touch NumPy's global
+generator: see ``BaseAugmenter.sample``), so before every sentence we seed it from that sentence's own seed:
+the result depends on (text, seed) only, never on what ran before it.
 """
 
 from __future__ import annotations
 
 import random
 
-import numpy as np
-
 from .specs import AugmenterType, count, share, Param
 
 
 class NlpaugRows:
-    """Backend: one nlpaug call per text, reseeded per text."""
+    """Backend: one nlpaug call per text, reseeded per text.
+
+    It calls the augmenter's action method (``aug.swap(text)`` ...) the way ``aug.augment(text)`` does for one
+    string, without its per-call dispatch, so the per-row seeding is paid for.
+    """
 
     def __init__(self, aug):
         self.aug = aug
+        self.action = getattr(aug, aug.action)
 
     def augment(self, texts: list[str], seeds: list[int]) -> list[str]:
-        saved = random.getstate(), np.random.get_state()  # the caller's random state is theirs: restored below
+        saved = random.getstate()  # the caller's random state is theirs: restored below
         try:
             return self._augment(texts, seeds)
         finally:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
+            random.setstate(saved)
 
     def _augment(self, texts: list[str], seeds: list[int]) -> list[str]:
         out = []
         for text, seed in zip(texts, seeds):
             random.seed(seed)
-            np.random.seed(seed % 2**32)
-            result = self.aug.augment(text)
-            if isinstance(result, list):
+            result = self.action(self.aug.clean(text)) if text else text
+            if isinstance(result, list):  # some actions return (text, details) or lists
                 result = result[0] if result else text
-            out.append(result if isinstance(result, str) else text)
+            out.append(result if isinstance(result, str) and result else text)
         return out
 
 

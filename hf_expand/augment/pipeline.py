@@ -124,7 +124,7 @@ def _check_split(ds, text_columns: tuple[str, ...], where: str) -> None:
 
 
 def augment_dataset(data, augmenters, text_columns, *, copies: int = 1, seed: int = 0, num_proc: int | None = None,
-                    splits=("train",), keep_original: bool = True, duplicates: str = "keep", batch_size: int = 64,
+                    splits=("train",), keep_original: bool = True, duplicates: str = "keep", batch_size: int = 1000,
                     progress: bool = True):
     """Augment ``data`` (a ``Dataset``, or the ``splits`` of a ``DatasetDict``) with ``augmenters`` applied in order.
 
@@ -179,7 +179,9 @@ def _augment_dataset(data, augmenters, text_columns, *, copies, seed, num_proc, 
     signatures = tuple(model_signature(spec) for spec in specs)
     for spec, signature in zip(specs, signatures):  # load WordNet / models once, here, before workers fork
         backend(spec, signature)
-    if num_proc and num_proc > 1:
+    if num_proc == 1:
+        num_proc = None  # datasets 5 sends num_proc=1 through its worker pool: same output, ~2x slower
+    if num_proc:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     fn = _AugmentBatch(specs, signatures, text_columns, copies, seed, keep_original, duplicates == "drop")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -86,6 +87,19 @@ def _installed(root: Path) -> bool:
     return all((folder / name).is_file() for name in ["lexnames", *_REQUIRED])
 
 
+_fork_hook_registered = False
+
+
+def _reopen_files_after_fork() -> None:
+    """NLTK's reader keeps open data files and seeks in them; after a fork, parent and child would share
+    one file offset and read each other's positions (garbage synsets, silently or as crashes). Dropping the
+    handles in the child makes it open its own."""
+    reader = sys.modules.get("nltk.corpus").wordnet if "nltk.corpus" in sys.modules else None
+    files = getattr(reader, "__dict__", {}).get("_data_file_map")  # only if the lazy reader was loaded
+    if isinstance(files, dict):
+        reader._data_file_map = {}
+
+
 def ensure_wordnet():
     """Return NLTK's WordNet reader, installing the Debian copy into :func:`data_dir` on first use."""
     try:
@@ -105,6 +119,10 @@ def ensure_wordnet():
     if str(root) not in nltk.data.path:
         nltk.data.path.insert(0, str(root))
     wordnet.ensure_loaded()
+    global _fork_hook_registered
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_reopen_files_after_fork)
+        _fork_hook_registered = True
     return wordnet
 
 

@@ -90,6 +90,51 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop augmented rows identical to their original or an earlier copy (default: keep and count)")
     a.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
+    t = sub.add_parser("train", parents=[common], help="train a (grown) model: new capacity only, everything, or LoRA")
+    t.add_argument("model", help="model folder (grown by hf-expand for --trainable new/lora) or Hub id")
+    t.add_argument("--data", required=True, help="csv/json/jsonl/parquet/txt file, save_to_disk folder, or Hub dataset id")
+    t.add_argument("--out", required=True, help="run folder: checkpoints, then the trained model")
+    t.add_argument("--text-column", default="text")
+    t.add_argument("--label-column", help="label column (sequence classification)")
+    t.add_argument("--task", choices=["causal-lm", "masked-lm", "classification"], help="default: from the model's head")
+    t.add_argument("--trainable", choices=["new", "all", "lora"], default="new",
+                   help="new: only grown slices (old values stay bit-identical); all; lora: LoRA on old weights + grown slices")
+    n = t.add_mutually_exclusive_group()
+    n.add_argument("--max-steps", type=int)
+    n.add_argument("--epochs", type=float)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--new-lr", type=float, help="learning rate of new capacity (default --lr)")
+    t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--batch-size", type=int, default=8, help="per process")
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--max-grad-norm", type=float, default=1.0)
+    t.add_argument("--warmup-steps", type=int, default=0)
+    t.add_argument("--max-length", type=int, default=128)
+    t.add_argument("--packing", action="store_true", help="causal LM: pack texts into --max-length blocks")
+    e = t.add_mutually_exclusive_group()
+    e.add_argument("--eval-data", help="evaluation data (same forms as --data)")
+    e.add_argument("--eval-ratio", type=float, help="carve this share of --data out for evaluation (by source_index if augmented)")
+    t.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (and always at the end)")
+    t.add_argument("--save-every", type=int, default=0, help="checkpoint (accelerator.save_state) every N steps")
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    t.add_argument("--lora-r", type=int, default=8)
+    t.add_argument("--lora-alpha", type=int, default=16)
+    t.add_argument("--save-adapter", action="store_true", help="with lora: also save the adapter under OUT/adapter")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    ev = sub.add_parser("evaluate", parents=[common], help="metrics of a model on data (accuracy/F1 or perplexity), offline")
+    ev.add_argument("model")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--text-column", default="text")
+    ev.add_argument("--label-column")
+    ev.add_argument("--task", choices=["causal-lm", "masked-lm", "classification"])
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--max-length", type=int, default=128)
+    ev.add_argument("--seed", type=int, default=0)
+
     s = sub.add_parser("setup-wordnet", parents=[common],
                        help="copy Debian's WordNet (apt-get install wordnet-base wordnet-sense-index) into NLTK's layout")
     s.add_argument("--source", default="/usr/share/wordnet", help="folder with the WordNet 3.0 database files")
@@ -265,6 +310,33 @@ def cmd_augment(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import dataclasses
+
+    from .train import TrainArgs, train
+
+    fields = {f.name for f in dataclasses.fields(TrainArgs)}
+    targs = TrainArgs(**{k: v for k, v in vars(args).items() if k in fields})
+    section = train(targs, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in section["final_metrics"].items() if isinstance(v, float))
+        print(f"trained {section['steps']} steps ({section['plan']}); loss {section['first_loss']:.4f} -> "
+              f"{section['final_loss']:.4f}{'; ' + metrics if metrics else ''}")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .train.evaluation import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.model, args.data, args.text_column, args.label_column, args.task,
+                                  args.batch_size, args.max_length, args.seed)
+    print(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return 0
+
+
 def cmd_setup_wordnet(args) -> int:
     from .augment.wordnet import install_wordnet
 
@@ -281,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             import transformers
 
             transformers.utils.logging.disable_progress_bar()
-        commands = {"grow": cmd_grow, "verify": cmd_verify, "augment": cmd_augment, "setup-wordnet": cmd_setup_wordnet}
+        commands = {"grow": cmd_grow, "verify": cmd_verify, "augment": cmd_augment, "setup-wordnet": cmd_setup_wordnet,
+                    "train": cmd_train, "evaluate": cmd_evaluate}
         return commands[args.command](args)
     except PreservationError as exc:
         print(f"hf-expand: error: {exc}", file=sys.stderr)

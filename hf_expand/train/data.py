@@ -1,0 +1,120 @@
+"""Training data: load (same sources as ``hf-expand augment``), split, tokenize per task, collate."""
+
+from __future__ import annotations
+
+from ..errors import HfExpandError
+
+TASKS = ("causal-lm", "masked-lm", "classification")
+
+
+def task_of(config, label_column: str | None) -> str:
+    """The task a model's head implies (a bare encoder + --label-column means classification)."""
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    if arch.endswith("ForCausalLM"):
+        return "causal-lm"
+    if arch.endswith("ForMaskedLM"):
+        return "masked-lm"
+    if arch.endswith("ForSequenceClassification") or label_column:
+        return "classification"
+    raise HfExpandError(f"cannot tell the task of a {arch or config.model_type} checkpoint; pass --task "
+                        f"({', '.join(TASKS)}) or --label-column for classification")
+
+
+def _one_split(data, what: str):
+    from datasets import DatasetDict
+
+    if isinstance(data, DatasetDict):
+        if "train" in data:
+            return data["train"]
+        if len(data) == 1:
+            return next(iter(data.values()))
+        raise HfExpandError(f"{what} has splits {', '.join(data)} but no 'train'; save the split you want alone")
+    return data
+
+
+def load_splits(data: str, eval_data: str | None, eval_ratio: float | None, seed: int):
+    """(train, eval or None). An eval ratio carves by ``source_index`` when the data is augmented."""
+    from ..augment.data_io import load_data
+    from ..augment.pipeline import SOURCE_INDEX, split_by_source
+
+    train = _one_split(load_data(data), data)
+    if len(train) == 0:
+        raise HfExpandError(f"{data} has no rows")
+    if eval_data and eval_ratio:
+        raise HfExpandError("give --eval-data or --eval-ratio, not both")
+    if eval_data:
+        return train, _one_split(load_data(eval_data), eval_data)
+    if eval_ratio:
+        if not 0 < eval_ratio < 1:
+            raise HfExpandError(f"--eval-ratio must be in (0, 1), got {eval_ratio}")
+        if SOURCE_INDEX in train.column_names:
+            parts = split_by_source(train, test_size=eval_ratio, seed=seed)
+        else:
+            if len(train) < 2:
+                raise HfExpandError("need at least two rows to carve an eval split")
+            parts = train.train_test_split(test_size=eval_ratio, seed=seed)
+        return parts["train"], parts["test"]
+    return train, None
+
+
+def check_columns(ds, text_column: str, label_column: str | None, where: str) -> None:
+    for col in [text_column] + ([label_column] if label_column else []):
+        if col not in ds.column_names:
+            raise HfExpandError(f"column {col!r} not found in {where}; columns: {', '.join(ds.column_names)}")
+
+
+def label_ids(ds, label_column: str, config) -> list[int]:
+    """Labels as ids in [0, num_labels): ints checked, strings mapped through ``config.label2id``."""
+    values = ds[label_column]
+    label2id = {str(k): int(v) for k, v in (config.label2id or {}).items()}
+    out = []
+    for v in values:
+        if isinstance(v, str):
+            if v not in label2id:
+                raise HfExpandError(f"label {v!r} is not one of the model's labels ({', '.join(label2id)}); "
+                                    f"add it first: hf-expand grow --add-labels {v}")
+            v = label2id[v]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < config.num_labels:
+            raise HfExpandError(f"label {v!r} is outside the model's {config.num_labels} labels (0..{config.num_labels - 1}); "
+                                f"grow the head with hf-expand grow --add-labels")
+        out.append(v)
+    return out
+
+
+def tokenize(ds, tokenizer, task: str, text_column: str, label_column: str | None, config, max_length: int,
+             packing: bool = False):
+    """Tokenized dataset with only model inputs (+ ``labels`` for classification)."""
+    if label_column and task == "classification":
+        ids = label_ids(ds, label_column, config)
+        ds = ds.remove_columns([c for c in ds.column_names if c not in (text_column,)]).add_column("labels", ids)
+    else:
+        ds = ds.remove_columns([c for c in ds.column_names if c != text_column])
+    ds = ds.filter(lambda t: isinstance(t, str) and t.strip() != "", input_columns=text_column)
+    if len(ds) == 0:
+        raise HfExpandError(f"no non-empty text in column {text_column!r}")
+    want_pack = packing and task == "causal-lm"
+
+    def encode(batch):
+        enc = tokenizer(batch[text_column], truncation=not want_pack, max_length=None if want_pack else max_length)
+        if want_pack:  # concatenate with EOS between texts, cut into max_length blocks
+            eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+            flat = [t for ids in enc["input_ids"] for t in ids + eos]
+            blocks = [flat[i:i + max_length] for i in range(0, len(flat) - max_length + 1, max_length)]
+            return {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks]}
+        return dict(enc)
+
+    keep = ["labels"] if "labels" in ds.column_names else []
+    return ds.map(encode, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
+                  desc="tokenizing")
+
+
+def collator(task: str, tokenizer, seed: int):
+    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
+
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if task == "classification":
+        return DataCollatorWithPadding(tokenizer)
+    if task == "masked-lm" and tokenizer.mask_token is None:
+        raise HfExpandError("masked-lm training needs a tokenizer with a mask token")
+    return DataCollatorForLanguageModeling(tokenizer, mlm=task == "masked-lm", seed=seed)

@@ -1,0 +1,262 @@
+"""The training loop, on Accelerate: one process, or many under ``accelerate launch``.
+
+Output folder layout: ``<out>/checkpoints/step-<N>/`` (``accelerator.save_state``), ``<out>/train_args.json``
+(what ``--resume`` must match), and at the end the model itself (``save_pretrained``, written once by the
+main process) with its growth record extended by a ``training`` section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import HfExpandError
+
+log = logging.getLogger("hf_expand")
+ARGS_FILE = "train_args.json"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclasses.dataclass
+class TrainArgs:
+    model: str
+    data: str
+    out: str
+    text_column: str = "text"
+    label_column: str | None = None
+    task: str | None = None
+    trainable: str = "new"
+    max_steps: int | None = None
+    epochs: float | None = None
+    lr: float = 1e-4
+    new_lr: float | None = None
+    weight_decay: float = 0.01
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    max_length: int = 128
+    packing: bool = False
+    eval_data: str | None = None
+    eval_ratio: float | None = None
+    eval_every: int = 0
+    save_every: int = 0
+    log_every: int = 10
+    seed: int = 0
+    mixed_precision: str = "no"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    save_adapter: bool = False
+
+    def identity(self) -> dict:
+        """What a resumed run must share with the run it resumes."""
+        d = dataclasses.asdict(self)
+        d.pop("out")
+        return d
+
+
+def _check_args(a: TrainArgs) -> None:
+    if (a.max_steps is None) == (a.epochs is None):
+        raise HfExpandError("give exactly one of --max-steps N or --epochs E")
+    for name in ("batch_size", "grad_accum", "max_length"):
+        if getattr(a, name) < 1:
+            raise HfExpandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if a.max_steps is not None and a.max_steps < 1:
+        raise HfExpandError(f"--max-steps must be >= 1, got {a.max_steps}")
+    if a.epochs is not None and not a.epochs > 0:
+        raise HfExpandError(f"--epochs must be > 0, got {a.epochs}")
+    if not a.lr > 0 or (a.new_lr is not None and not a.new_lr > 0):
+        raise HfExpandError("learning rates must be > 0")
+    if a.mixed_precision not in ("no", "bf16", "fp16"):
+        raise HfExpandError(f"--mixed-precision must be no, bf16 or fp16, got {a.mixed_precision}")
+
+
+def _prepare_out(a: TrainArgs, resume: bool, overwrite: bool) -> Path | None:
+    """Validate the output folder; returns the checkpoint to resume from (or None)."""
+    out = Path(a.out)
+    if resume:
+        args_file = out / ARGS_FILE
+        if not args_file.is_file():
+            raise HfExpandError(f"--resume: {out} holds no training run ({ARGS_FILE} missing); start without --resume")
+        saved = json.loads(args_file.read_text())
+        diff = sorted(k for k in set(saved) | set(a.identity()) if saved.get(k) != a.identity().get(k))
+        if diff:
+            raise HfExpandError(f"--resume: this run differs from the one in {out} in {', '.join(diff)}; "
+                                f"resume with the same settings or start a new --out")
+        checkpoints = sorted((out / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        return checkpoints[-1] if checkpoints else None
+    if out.exists() and not overwrite:
+        raise HfExpandError(f"output folder {out} already exists; pass --resume to continue its run, --overwrite to "
+                            f"replace it, or choose another --out")
+    return None
+
+
+def load_for_training(a: TrainArgs):
+    """(model, tokenizer, growth record or None, task, names of freshly created head parameters)."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    from ..grow import RECORD_FILE
+    from ..model_io import auto_class_for, load_config
+
+    config = load_config(a.model)
+    task = a.task or __import__("hf_expand.train.data", fromlist=["task_of"]).task_of(config, a.label_column)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(a.model)
+    except Exception:  # noqa: BLE001
+        raise HfExpandError(f"{a.model} has no tokenizer; save one beside the model (tokenizer.save_pretrained)") from None
+    cls = {"causal-lm": transformers.AutoModelForCausalLM, "masked-lm": transformers.AutoModelForMaskedLM,
+           "classification": transformers.AutoModelForSequenceClassification}[task]
+    kwargs = {}
+    if task == "classification" and auto_class_for(config) is not transformers.AutoModelForSequenceClassification:
+        kwargs["num_labels"] = config.num_labels  # a fresh head on a bare encoder (set by the caller's data)
+    record_path = Path(a.model) / RECORD_FILE
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    try:
+        loaded = cls.from_pretrained(a.model, dtype=torch.float32, output_loading_info=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise HfExpandError(f"could not load {a.model} for {task}: {str(exc).strip().splitlines()[0]}") from None
+    model, info = loaded
+    head = tuple(info.get("missing_keys", ()))  # created now: trains fully under every policy
+    return model, tokenizer, record, task, head
+
+
+def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run training; returns the ``training`` section written into the growth record."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from . import data as D
+    from .metrics import evaluate_model
+    from .policy import apply_masks, build_optimizer, plan_trainable
+
+    _check_args(a)
+    resume_from = _prepare_out(a, resume, overwrite)
+    accelerator = Accelerator(mixed_precision=a.mixed_precision, gradient_accumulation_steps=a.grad_accum,
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    set_seed(a.seed)
+    model, tokenizer, record, task, head = load_for_training(a)
+    train_raw, eval_raw = D.load_splits(a.data, a.eval_data, a.eval_ratio, a.seed)
+    D.check_columns(train_raw, a.text_column, a.label_column if task == "classification" else None, a.data)
+    if eval_raw is not None:
+        D.check_columns(eval_raw, a.text_column, a.label_column if task == "classification" else None, "the eval data")
+    if task == "classification" and not a.label_column:
+        raise HfExpandError("classification needs --label-column")
+    with accelerator.main_process_first():
+        train_ds = D.tokenize(train_raw, tokenizer, task, a.text_column, a.label_column, model.config, a.max_length, a.packing)
+        eval_ds = (D.tokenize(eval_raw, tokenizer, task, a.text_column, a.label_column, model.config, a.max_length)
+                   if eval_raw is not None else None)
+    if len(train_ds) == 0:
+        raise HfExpandError("no training examples after tokenization (with --packing, texts shorter than --max-length?)")
+
+    plan = plan_trainable(model, record, "new" if a.trainable == "lora" else a.trainable, head)
+    if a.trainable == "lora":
+        from .lora import wrap_lora
+
+        model, plan = wrap_lora(model, plan, a.lora_r, a.lora_alpha)
+    apply_masks(model, plan)
+    optimizer = build_optimizer(model, plan, a.lr, a.weight_decay, a.new_lr)
+    collate = D.collator(task, tokenizer, a.seed)
+    train_dl = DataLoader(train_ds, batch_size=a.batch_size, shuffle=True, collate_fn=collate)
+    eval_dl = DataLoader(eval_ds, batch_size=a.batch_size, collate_fn=collate) if eval_ds is not None else None
+    per_epoch = math.ceil(len(train_dl) / accelerator.num_processes / a.grad_accum)
+    total = a.max_steps if a.max_steps is not None else max(1, math.ceil(a.epochs * per_epoch))
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=a.warmup_steps, num_training_steps=total)
+    model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
+    if eval_dl is not None:
+        eval_dl = accelerator.prepare(eval_dl)
+
+    out = Path(a.out)
+    if accelerator.is_main_process:
+        if out.exists() and overwrite and not resume:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ARGS_FILE).write_text(json.dumps(a.identity(), indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    step = 0
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        step = int(resume_from.name.split("-")[1])
+    accelerator.print(f"hf-expand train: {accelerator.num_processes} process(es) on {accelerator.device}; "
+                      f"task {task}; {plan.summary()}; {len(train_ds):,} examples; {total} steps"
+                      + (f"; resuming at step {step}" if step else ""))
+
+    bar = tqdm(total=total, initial=step, disable=not (progress and accelerator.is_local_main_process), desc="training")
+    first_loss = last_loss = None
+    tokens, t0 = 0, time.perf_counter()
+    model.train()
+    epoch = step // per_epoch
+    history = []
+    while step < total:
+        train_dl.set_epoch(epoch)
+        skip = (step - epoch * per_epoch) * a.grad_accum
+        batches = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and a.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), a.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            value = accelerator.gather(loss.detach().float().reshape(1)).mean().item()
+            first_loss = value if first_loss is None else first_loss
+            last_loss = value
+            bar.update(1)
+            if a.log_every and step % a.log_every == 0:
+                rate = tokens * accelerator.num_processes / (time.perf_counter() - t0)
+                accelerator.print(f"step {step}: loss {value:.4f}, lr {scheduler.get_last_lr()[0]:.3g}, tokens/s {rate:,.0f}")
+            if a.eval_every and eval_dl is not None and step % a.eval_every == 0:
+                metrics = evaluate_model(model, eval_dl, task, accelerator)
+                accelerator.print(f"step {step}: eval {metrics}")
+                history.append({"step": step, **metrics})
+                model.train()
+            if a.save_every and step % a.save_every == 0:
+                accelerator.save_state(str(out / CHECKPOINTS / f"step-{step}"))
+            if step >= total:
+                break
+        epoch += 1
+    bar.close()
+    final = evaluate_model(model, eval_dl, task, accelerator) if eval_dl is not None else {}
+    section = {"policy": a.trainable, "task": task, "steps": step, "processes": accelerator.num_processes,
+               "hyperparameters": {k: v for k, v in a.identity().items() if k not in ("model", "data", "eval_data")},
+               "first_loss": first_loss, "final_loss": last_loss, "final_metrics": final,
+               "eval_history": history, "trainable_values": plan.trainable_values(accelerator.unwrap_model(model)),
+               "plan": plan.summary()}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if a.trainable == "lora":
+            from .lora import finish_lora
+
+            unwrapped = finish_lora(unwrapped, out if a.save_adapter else None)
+        _save_final(unwrapped, tokenizer, record, section, out, a)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return section
+
+
+def _save_final(model, tokenizer, record, section, out: Path, a: TrainArgs) -> None:
+    from ..grow import RECORD_FILE
+
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    record = dict(record or {"source": a.model})
+    record.setdefault("trained_from", a.model)
+    record["training"] = section
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")

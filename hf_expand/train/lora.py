@@ -1,0 +1,57 @@
+"""``--trainable lora``: peft LoRA on the pre-existing linear weights, full training of the grown slices.
+
+After training the adapter is merged (``merge_and_unload``) so the saved model is a plain checkpoint;
+``save_adapter`` also writes the adapter (``<out>/adapter``). The adapter alone does not reproduce the
+model: the grown slices were trained outside it, in the base weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import HfExpandError
+from .policy import TrainablePlan
+
+
+def _linear_like(module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (torch.nn.Linear, Conv1D))
+
+
+def wrap_lora(model, plan: TrainablePlan, r: int, alpha: int):
+    """(peft model, plan renamed to peft's parameter names)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = sorted(name for name, module in model.named_modules()
+                     if _linear_like(module) and plan.modes.get(f"{name}.weight") in ("lora-base", "partial"))
+    if not targets:
+        raise HfExpandError("no pre-existing linear layer to put LoRA on; use --trainable new or all")
+    fan_in_fan_out = any(type(m).__name__ == "Conv1D" for m in model.modules())
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, bias="none",
+                        fan_in_fan_out=fan_in_fan_out)
+    wrapped = get_peft_model(model, config)
+    targets = set(targets)
+    modes, masks = {}, {}
+    for peft_name, _ in wrapped.named_parameters():
+        if "lora_" in peft_name:
+            modes[peft_name] = "full"
+            continue
+        name = peft_name.removeprefix("base_model.model.")
+        module_name, _, leaf = name.rpartition(".")
+        if module_name.endswith(".base_layer") and module_name.removesuffix(".base_layer") in targets:
+            name = f"{module_name.removesuffix('.base_layer')}.{leaf}"
+        mode = plan.modes.get(name, "frozen")
+        modes[peft_name] = "frozen" if mode == "lora-base" else mode
+        if mode == "partial":
+            masks[peft_name] = plan.masks[name]
+    return wrapped, TrainablePlan("lora", modes, masks)
+
+
+def finish_lora(model, out: Path | None):
+    """Optionally save the adapter under ``out/adapter``, then merge it into a plain model."""
+    if out is not None:
+        model.save_pretrained(Path(out) / "adapter")
+    return model.merge_and_unload()

@@ -1,0 +1,163 @@
+"""Which values train: the ``new`` / ``all`` / ``lora`` policies, read from the growth record.
+
+Under ``new`` every pre-existing value must stay bit-identical through training, weight decay and
+optimizer momentum included. Three mechanisms together give that:
+
+* a tensor that is entirely old gets ``requires_grad=False``: no gradient, no optimizer state;
+* a tensor that is partly new gets a gradient hook that writes exact zeros at the old positions
+  (``torch.where``, so even a NaN gradient cannot leak into them). With zero gradients Adam's moments stay
+  exactly 0 there, so its update ``m / (sqrt(v) + eps)`` is exactly 0;
+* decoupled weight decay, which would shrink every value whatever its gradient, is applied by
+  :class:`MaskedAdamW` to the new positions only.
+
+Record names are those of the class that grew the model; a model loaded with another head (a
+classifier on top of a grown ``AutoModel``) matches them with or without its ``base_model_prefix``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..errors import HfExpandError
+
+POLICIES = ("new", "all", "lora")
+
+
+def slice_mask(shape: torch.Size, slices: list[dict]) -> torch.Tensor | None:
+    """Boolean mask of the new entries (None when the whole tensor is new)."""
+    if any(s["axis"] is None for s in slices):
+        return None
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for s in slices:
+        index = [slice(None)] * len(shape)
+        index[s["axis"]] = slice(s["start"], s["stop"])
+        mask[tuple(index)] = True
+    return mask
+
+
+def _record_lookup(model, new_slices: dict) -> dict[str, list[dict]]:
+    """Record entries keyed by this model's parameter names."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    names = dict(model.named_parameters())
+    out = {}
+    for name, slices in new_slices.items():
+        for candidate in (name, f"{prefix}.{name}", name.removeprefix(f"{prefix}.")):
+            if candidate in names:
+                out[candidate] = slices
+                break
+    return out
+
+
+@dataclasses.dataclass
+class TrainablePlan:
+    """Per parameter: ``frozen`` (no grad), ``full`` (trains entirely) or ``partial`` (``masks[name]``)."""
+
+    policy: str
+    modes: dict[str, str]
+    masks: dict[str, torch.Tensor]
+
+    def summary(self) -> str:
+        counts = {m: sum(1 for v in self.modes.values() if v == m) for m in ("full", "partial", "frozen")}
+        return f"policy {self.policy}: {counts['full']} tensors train fully, {counts['partial']} partly (new slices), {counts['frozen']} frozen"
+
+    def trainable_values(self, model) -> int:
+        params = dict(model.named_parameters())
+        return sum(params[n].numel() if m == "full" else int(self.masks[n].sum()) for n, m in self.modes.items()
+                   if m != "frozen")
+
+
+def plan_trainable(model, record: dict | None, policy: str, head_names: tuple[str, ...] = ()) -> TrainablePlan:
+    """Decide what trains. ``head_names``: parameters created after growth (a fresh task head) train fully."""
+    if policy not in POLICIES:
+        raise HfExpandError(f"unknown trainable policy {policy!r}; use one of {', '.join(POLICIES)}")
+    names = [n for n, _ in model.named_parameters()]
+    if policy == "all":
+        return TrainablePlan(policy, {n: "full" for n in names}, {})
+    if record is None or "new_slices" not in record:
+        raise HfExpandError(f"--trainable {policy} needs the growth record (hf_expand_growth.json) of a model grown by "
+                            f"hf-expand; this model has none: use --trainable all")
+    found = _record_lookup(model, record["new_slices"])
+    params = dict(model.named_parameters())
+    modes, masks = {}, {}
+    for name in names:
+        if name in head_names:
+            modes[name] = "full"
+        elif name in found:
+            mask = slice_mask(params[name].shape, found[name])
+            modes[name] = "full" if mask is None or bool(mask.all()) else "partial"
+            if modes[name] == "partial":
+                masks[name] = mask
+        else:
+            modes[name] = "frozen" if policy == "new" else "lora-base"
+    if not any(m in ("full", "partial") for m in modes.values()):
+        raise HfExpandError("the growth record names no tensor of this model as new; nothing would train "
+                            "(use --trainable all)")
+    return TrainablePlan(policy, modes, masks)
+
+
+def apply_masks(model, plan: TrainablePlan) -> list:
+    """Set ``requires_grad`` and install the gradient hooks; returns the hook handles."""
+    handles = []
+    for name, p in model.named_parameters():
+        mode = plan.modes.get(name, "frozen")
+        p.requires_grad_(mode in ("full", "partial"))
+        if mode == "partial":
+            mask = plan.masks[name].to(p.device)
+            handles.append(p.register_hook(lambda g, m=mask: torch.where(m, g, torch.zeros_like(g))))
+    return handles
+
+
+class MaskedAdamW(torch.optim.AdamW):
+    """AdamW whose decoupled weight decay touches only the new entries of partly-new tensors.
+
+    ``masks`` maps parameters (the tensors themselves) to boolean masks of their new entries. Those
+    parameters' groups run AdamW with ``weight_decay=0``; the decay is applied here, masked, first (as
+    AdamW does: ``p -= lr * wd * p`` before the Adam step).
+    """
+
+    def __init__(self, params, masks: dict, **kwargs):
+        self._decay = {}
+        groups = []
+        wd = kwargs.get("weight_decay", 1e-2)
+        for group in (params if isinstance(params, list) and params and isinstance(params[0], dict) else [{"params": list(params)}]):
+            plain = [p for p in group["params"] if p not in masks]
+            masked = [p for p in group["params"] if p in masks]
+            if plain:
+                groups.append({**group, "params": plain})
+            if masked:
+                groups.append({**group, "params": masked, "weight_decay": 0.0, "masked_decay": group.get("weight_decay", wd)})
+        super().__init__(groups, **kwargs)
+        self.masks = masks
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            decay = group.get("masked_decay", 0.0)
+            if decay:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        m = self.masks[p].to(p.device)
+                        p.sub_(torch.where(m, p * (group["lr"] * decay), torch.zeros_like(p)))
+        return super().step(closure)
+
+
+def build_optimizer(model, plan: TrainablePlan, lr: float, weight_decay: float = 0.01, new_lr: float | None = None,
+                    betas=(0.9, 0.999), eps: float = 1e-8) -> MaskedAdamW:
+    """The optimizer for ``plan``: trainable parameters only; partly-new ones with masked decay.
+    ``new_lr``: a separate learning rate for new capacity (fully-new and partly-new tensors)."""
+    params = dict(model.named_parameters())
+    new, other = [], []
+    for name, mode in plan.modes.items():
+        if not params[name].requires_grad:
+            continue
+        is_new = plan.policy != "all" and mode in ("full", "partial")
+        (new if is_new else other).append(params[name])
+    groups = []
+    if other:
+        groups.append({"params": other, "lr": lr, "weight_decay": weight_decay})
+    if new:
+        groups.append({"params": new, "lr": new_lr or lr, "weight_decay": weight_decay})
+    masks = {params[n]: m for n, m in plan.masks.items() if params[n].requires_grad}
+    return MaskedAdamW(groups, masks, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

@@ -96,7 +96,7 @@ def _prepare_out(a: TrainArgs, resume: bool, overwrite: bool) -> Path | None:
     return None
 
 
-def load_for_training(a: TrainArgs):
+def load_for_training(a: TrainArgs, num_labels: int | None = None):
     """(model, tokenizer, growth record or None, task, names of freshly created head parameters)."""
     import torch
     import transformers
@@ -115,7 +115,7 @@ def load_for_training(a: TrainArgs):
            "classification": transformers.AutoModelForSequenceClassification}[task]
     kwargs = {}
     if task == "classification" and auto_class_for(config) is not transformers.AutoModelForSequenceClassification:
-        kwargs["num_labels"] = config.num_labels  # a fresh head on a bare encoder (set by the caller's data)
+        kwargs["num_labels"] = num_labels or config.num_labels  # a fresh head on a bare encoder, sized by the data
     record_path = Path(a.model) / RECORD_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     try:
@@ -145,8 +145,8 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
     accelerator = Accelerator(mixed_precision=a.mixed_precision, gradient_accumulation_steps=a.grad_accum,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(a.seed)
-    model, tokenizer, record, task, head = load_for_training(a)
     train_raw, eval_raw = D.load_splits(a.data, a.eval_data, a.eval_ratio, a.seed)
+    model, tokenizer, record, task, head = load_for_training(a, D.count_labels(train_raw, a.label_column))
     D.check_columns(train_raw, a.text_column, a.label_column if task == "classification" else None, a.data)
     if eval_raw is not None:
         D.check_columns(eval_raw, a.text_column, a.label_column if task == "classification" else None, "the eval data")
@@ -197,11 +197,14 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
     model.train()
     epoch = step // per_epoch
     history = []
+    probe_batch = None
     while step < total:
         train_dl.set_epoch(epoch)
         skip = (step - epoch * per_epoch) * a.grad_accum
         batches = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
         for batch in batches:
+            if probe_batch is None:  # kept for the LoRA merge check (no extra pass over the loader later)
+                probe_batch = {k: v[:4] for k, v in batch.items()}
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -238,13 +241,19 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
                "first_loss": first_loss, "final_loss": last_loss, "final_metrics": final,
                "eval_history": history, "trainable_values": plan.trainable_values(accelerator.unwrap_model(model)),
                "plan": plan.summary()}
+    # DDP proof: every rank holds the same parameters (a float64 checksum per rank, gathered)
+    with torch.no_grad():
+        checksum = sum(p.double().sum() for p in accelerator.unwrap_model(model).parameters()).reshape(1)
+    sums = accelerator.gather(checksum.to(accelerator.device)).tolist()
+    section["rank_checksums"] = sums
+    section["ranks_identical"] = len(set(sums)) == 1
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if a.trainable == "lora":
             from .lora import finish_lora
 
-            unwrapped = finish_lora(unwrapped, out if a.save_adapter else None)
+            unwrapped, section["lora_merge_max_abs_diff"] = finish_lora(unwrapped, out if a.save_adapter else None, probe_batch)
         _save_final(unwrapped, tokenizer, record, section, out, a)
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -50,8 +50,17 @@ def wrap_lora(model, plan: TrainablePlan, r: int, alpha: int):
     return wrapped, TrainablePlan("lora", modes, masks)
 
 
-def finish_lora(model, out: Path | None):
-    """Optionally save the adapter under ``out/adapter``, then merge it into a plain model."""
+def finish_lora(model, out: Path | None, probe: dict):
+    """Optionally save the adapter under ``out/adapter``, merge it into a plain model, and measure the
+    merge: (merged model, max |unmerged - merged| of the logits on ``probe``)."""
     if out is not None:
         model.save_pretrained(Path(out) / "adapter")
-    return model.merge_and_unload()
+    model.eval()
+    if probe is None:  # nothing was trained in this process (resumed at the last step)
+        return model.merge_and_unload(), None
+    inputs = {k: v for k, v in probe.items() if k != "labels"}
+    with torch.no_grad():
+        before = model(**inputs).logits.float()
+        merged = model.merge_and_unload()
+        after = merged(**inputs).logits.float()
+    return merged, float((before - after).abs().max())

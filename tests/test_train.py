@@ -1,0 +1,211 @@
+"""Training: policies (new keeps every old value bit-identical, all moves everything, lora merges
+exactly), resume, Trainer integration, offline metrics, 2-process DDP, classification on MiniLM, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_expand import AddLayers, WidenFFN, grow_checkpoint
+from hf_expand.errors import HfExpandError
+from hf_expand.train import TrainArgs, train
+from hf_expand.train.policy import slice_mask
+from matrix import tiny_model, tiny_tokenizer
+
+SENTENCES = Path(__file__).parent / "data" / "sentences.txt"
+
+
+@pytest.fixture(scope="module")
+def grown_llama(tmp_path_factory) -> Path:
+    """A tiny llama grown with widen_ffn x1.5 and one added layer (with its growth record)."""
+    root = tmp_path_factory.mktemp("train")
+    tiny_model("llama").save_pretrained(root / "base")
+    tiny_tokenizer().save_pretrained(root / "base")
+    grow_checkpoint(str(root / "base"), root / "grown", [WidenFFN(factor=1.5), AddLayers(count=1)], progress=False)
+    return root / "grown"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(model, out, **kw) -> dict:
+    args = dict(model=str(model), data=str(SENTENCES), out=str(out), max_steps=30, lr=1e-2, weight_decay=0.1,
+                batch_size=8, log_every=0)
+    args.update(kw)
+    return train(TrainArgs(**args), progress=False)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def new_masks(grown: Path, tensors: dict) -> dict[str, torch.Tensor]:
+    record = json.loads((grown / "hf_expand_growth.json").read_text())["new_slices"]
+    out = {}
+    for name, t in tensors.items():
+        if name in record:
+            m = slice_mask(t.shape, record[name])
+            out[name] = torch.ones_like(t, dtype=torch.bool) if m is None else m
+        else:
+            out[name] = torch.zeros_like(t, dtype=torch.bool)
+    return out
+
+
+def perplexity(model_folder: Path) -> float:
+    from hf_expand.train.evaluation import evaluate_checkpoint
+
+    return evaluate_checkpoint(str(model_folder), str(SENTENCES), batch_size=16)["perplexity"]
+
+
+def test_new_policy_keeps_every_old_value_and_learns(grown_llama, tmp_path):
+    """30 steps of AdamW (weight decay 0.1): old entries bit-identical tensor by tensor, every new slice moved,
+    loss on the training text lower than the grown model's."""
+    section = run(grown_llama, tmp_path / "new")
+    before, after = weights(grown_llama), weights(tmp_path / "new")
+    masks = new_masks(grown_llama, before)
+    assert masks and set(before) == set(after)
+    partial = [n for n, m in masks.items() if m.any() and not m.all()]
+    assert partial, "the fixture must have partly-new tensors"
+    for name, t in before.items():
+        m = masks[name]
+        assert torch.equal(t[~m], after[name][~m]), f"old values of {name} changed"
+        if m.any():
+            assert not torch.equal(t[m], after[name][m]), f"new slice of {name} did not train"
+    assert perplexity(tmp_path / "new") < perplexity(grown_llama)
+    assert section["policy"] == "new" and section["steps"] == 30
+    record = json.loads((tmp_path / "new" / "hf_expand_growth.json").read_text())
+    assert record["training"]["policy"] == "new" and record["new_slices"]  # lineage kept, training added
+
+
+def test_all_policy_moves_every_tensor(grown_llama, tmp_path):
+    run(grown_llama, tmp_path / "all", trainable="all", max_steps=5)
+    before, after = weights(grown_llama), weights(tmp_path / "all")
+    unchanged = [n for n in before if torch.equal(before[n], after[n])]
+    assert before and unchanged == []
+
+
+def test_lora_trains_adapter_and_slices_and_merges_exactly(grown_llama, tmp_path):
+    """LoRA adapter non-trivial, grown slices moved, merged model equal to the unmerged within 1e-5 and
+    loading in stock transformers."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    section = run(grown_llama, out, trainable="lora", max_steps=15, save_adapter=True)
+    assert section["lora_merge_max_abs_diff"] is not None and section["lora_merge_max_abs_diff"] <= 1e-5
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    lora_b = [t for n, t in adapter.items() if "lora_B" in n]
+    assert lora_b and any(t.abs().max() > 0 for t in lora_b)  # B starts at zero: non-zero = adapter changes outputs
+    before, after = weights(grown_llama), weights(out)
+    masks = new_masks(grown_llama, before)
+    moved = [n for n, m in masks.items() if m.any() and not torch.equal(before[n][m], after[n][m])]
+    assert len(moved) == sum(1 for m in masks.values() if m.any())
+    assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "LlamaForCausalLM"
+
+
+def test_new_policy_without_record_suggests_all(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path / "plain")
+    tiny_tokenizer().save_pretrained(tmp_path / "plain")
+    with pytest.raises(HfExpandError, match="use --trainable all"):
+        run(tmp_path / "plain", tmp_path / "out", max_steps=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(grown_llama, tmp_path):
+    """A run whose progress after the step-4 checkpoint was lost (as by a kill) and is resumed ends with the
+    weights of an uninterrupted run with the same seed."""
+    import shutil
+
+    run(grown_llama, tmp_path / "straight", max_steps=12, save_every=4)
+    run(grown_llama, tmp_path / "killed", max_steps=12, save_every=4)
+    killed = tmp_path / "killed"
+    for f in killed.iterdir():  # keep only what existed right after the step-4 checkpoint
+        if f.name not in ("checkpoints", "train_args.json"):
+            f.unlink() if f.is_file() else shutil.rmtree(f)
+    for ckpt in ("step-8", "step-12"):
+        shutil.rmtree(killed / "checkpoints" / ckpt)
+    section = train(TrainArgs(model=str(grown_llama), data=str(SENTENCES), out=str(killed), max_steps=12, lr=1e-2,
+                              weight_decay=0.1, batch_size=8, log_every=0, save_every=4), resume=True, progress=False)
+    assert section["steps"] == 12
+    a, b = weights(tmp_path / "straight"), weights(killed)
+    assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-6
+
+
+def test_resume_with_other_settings_is_refused(grown_llama, tmp_path):
+    run(grown_llama, tmp_path / "r", max_steps=2, save_every=1)
+    with pytest.raises(HfExpandError, match="differs from the one in .* in lr"):
+        train(TrainArgs(model=str(grown_llama), data=str(SENTENCES), out=str(tmp_path / "r"), max_steps=2, lr=5e-3,
+                        weight_decay=0.1, batch_size=8, log_every=0, save_every=1), resume=True, progress=False)
+
+
+def test_trainer_integration_keeps_old_values(grown_llama, tmp_path):
+    """transformers.Trainer with hf_expand's optimizer under `new`: old values bit-identical, new ones moved."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from hf_expand.train.trainer import policy_optimizer
+
+    tok = AutoTokenizer.from_pretrained(grown_llama)
+    model = AutoModelForCausalLM.from_pretrained(grown_llama)
+    ds = Dataset.from_dict({"text": SENTENCES.read_text().splitlines()}).map(
+        lambda b: tok(b["text"], truncation=True, max_length=64), batched=True, remove_columns=["text"])
+    optimizer = policy_optimizer(model, grown_llama, "new", lr=1e-2, weight_decay=0.1)
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), max_steps=10, per_device_train_batch_size=8, use_cpu=True,
+                             report_to=[], save_strategy="no", logging_strategy="no", seed=0)
+    Trainer(model=model, args=args, train_dataset=ds, optimizers=(optimizer, None), processing_class=tok,
+            data_collator=DataCollatorForLanguageModeling(tok, mlm=False)).train()
+    before = weights(grown_llama)
+    after = {n: p.detach() for n, p in model.state_dict().items()}
+    masks = new_masks(grown_llama, before)
+    for name, t in before.items():
+        assert torch.equal(t[~masks[name]], after[name][~masks[name]]), name
+    assert any(not torch.equal(t[masks[n]], after[n][masks[n]]) for n, t in before.items() if masks[n].any())
+
+
+def test_offline_metrics_match_hand_computed_values():
+    import math
+
+    from hf_expand.train.metrics import load_metric
+
+    acc, f1, ppl = load_metric("accuracy"), load_metric("f1"), load_metric("perplexity")
+    assert acc.compute(predictions=[1, 0, 1, 1], references=[1, 1, 1, 0])["accuracy"] == 0.5
+    # binary: tp=2 fp=1 fn=1 -> 2*2/(4+1+1)
+    assert f1.compute(predictions=[1, 0, 1, 1], references=[1, 1, 1, 0])["f1"] == pytest.approx(4 / 6)
+    # macro over 0,1,2: f1(0)=0, f1(1)=2/3, f1(2)=1
+    assert f1.compute(predictions=[1, 0, 2], references=[1, 1, 2], average="macro")["f1"] == pytest.approx(5 / 9)
+    assert ppl.compute(predictions=[2.0, 4.0], references=[2, 4])["perplexity"] == pytest.approx(math.exp(1.0))
+    with pytest.raises(HfExpandError, match="unknown metric"):
+        load_metric("bleu")
+
+
+def test_two_process_ddp_on_cpu(grown_llama, tmp_path):
+    """ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2: world size 2, identical ranks,
+    one saved model, old values still bit-identical."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_expand", "train",
+           str(grown_llama), "--data", str(SENTENCES), "--out", str(out), "--max-steps", "6", "--batch-size", "4",
+           "--lr", "1e-2", "--weight-decay", "0.1", "-q"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout
+    section = json.loads((out / "hf_expand_growth.json").read_text())["training"]
+    assert section["processes"] == 2 and section["ranks_identical"] and len(section["rank_checksums"]) == 2
+    assert len(list(out.glob("*.safetensors"))) == 1
+    before, after = weights(grown_llama), weights(out)
+    masks = new_masks(grown_llama, before)
+    assert all(torch.equal(t[~masks[n]], after[n][~masks[n]]) for n, t in before.items())

@@ -85,6 +85,9 @@ def test_new_policy_keeps_every_old_value_and_learns(grown_llama, tmp_path):
             assert not torch.equal(t[m], after[name][m]), f"new slice of {name} did not train"
     assert perplexity(tmp_path / "new") < perplexity(grown_llama)
     assert section["policy"] == "new" and section["steps"] == 30
+    m = section["metrics"]  # base == grown (the built-in growth check), trained better
+    assert m["base"]["perplexity"] == pytest.approx(m["grown"]["perplexity"], rel=1e-4)
+    assert m["trained"]["perplexity"] < m["grown"]["perplexity"]
     record = json.loads((tmp_path / "new" / "hf_expand_growth.json").read_text())
     assert record["training"]["policy"] == "new" and record["new_slices"]  # lineage kept, training added
 
@@ -209,3 +212,42 @@ def test_two_process_ddp_on_cpu(grown_llama, tmp_path):
     before, after = weights(grown_llama), weights(out)
     masks = new_masks(grown_llama, before)
     assert all(torch.equal(t[~masks[n]], after[n][~masks[n]]) for n, t in before.items())
+
+
+def _wordnet_examples(pos: str, n: int) -> list[str]:
+    import re
+
+    found = []
+    for line in open(f"/usr/share/wordnet/data.{pos}", encoding="latin-1"):
+        if not line.startswith("  "):
+            found += [s for s in re.findall(r'"([^"]+)"', line.split("|", 1)[-1]) if len(s.split()) >= 5]
+        if len(found) >= n:
+            break
+    return found[:n]
+
+
+def test_classification_on_grown_minilm_beats_untrained_head(tmp_path):
+    """all-MiniLM-L6-v2 grown (FFN x1.5, +1 layer) + a new 2-label head, trained with `new` on real
+    sentences (WordNet usage examples: verb vs adjective senses): held-out accuracy above the untrained head's."""
+    import csv
+
+    from conftest import minilm_path
+
+    grown = tmp_path / "grown"
+    grow_checkpoint(str(minilm_path()), grown, [WidenFFN(factor=1.5), AddLayers(count=1)], progress=False)
+    verbs, adjs = _wordnet_examples("verb", 160), _wordnet_examples("adj", 160)
+    rows = [(t, 0) for t in verbs] + [(t, 1) for t in adjs]
+    import random
+
+    random.Random(0).shuffle(rows)
+    for name, part in (("train.csv", rows[:240]), ("test.csv", rows[240:])):
+        with open(tmp_path / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows(part)
+    section = train(TrainArgs(model=str(grown), data=str(tmp_path / "train.csv"), eval_data=str(tmp_path / "test.csv"),
+                              out=str(tmp_path / "cls"), label_column="label", max_steps=40, lr=1e-4, new_lr=1e-3,
+                              batch_size=16, log_every=0), progress=False)
+    m = section["metrics"]
+    assert "task head" in m["base_skipped"]
+    assert m["trained"]["accuracy"] > m["grown"]["accuracy"] + 0.1, m

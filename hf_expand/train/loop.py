@@ -142,8 +142,12 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
 
     _check_args(a)
     resume_from = _prepare_out(a, resume, overwrite)
+    from accelerate.utils import is_tensorboard_available
+
+    trackers = ["tensorboard"] if is_tensorboard_available() else []
     accelerator = Accelerator(mixed_precision=a.mixed_precision, gradient_accumulation_steps=a.grad_accum,
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+                              log_with=trackers or None, project_dir=str(Path(a.out) / "logs"))
     set_seed(a.seed)
     train_raw, eval_raw = D.load_splits(a.data, a.eval_data, a.eval_ratio, a.seed)
     model, tokenizer, record, task, head = load_for_training(a, D.count_labels(train_raw, a.label_column))
@@ -158,6 +162,11 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
                    if eval_raw is not None else None)
     if len(train_ds) == 0:
         raise HfExpandError("no training examples after tokenization (with --packing, texts shorter than --max-length?)")
+
+    metrics = {"grown": None, "base": None, "trained": None}
+    check_ds = eval_ds if eval_ds is not None else train_ds.select(range(min(64, len(train_ds))))
+    if not a.packing or task != "causal-lm":
+        metrics.update(_growth_metrics(a, model, tokenizer, record, task, head, check_ds, accelerator))
 
     plan = plan_trainable(model, record, "new" if a.trainable == "lora" else a.trainable, head)
     if a.trainable == "lora":
@@ -183,6 +192,8 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
         out.mkdir(parents=True, exist_ok=True)
         (out / ARGS_FILE).write_text(json.dumps(a.identity(), indent=2) + "\n")
     accelerator.wait_for_everyone()
+    if trackers:
+        accelerator.init_trackers("hf_expand", config={k: v for k, v in a.identity().items() if v is not None})
     step = 0
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
@@ -224,9 +235,11 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
             if a.log_every and step % a.log_every == 0:
                 rate = tokens * accelerator.num_processes / (time.perf_counter() - t0)
                 accelerator.print(f"step {step}: loss {value:.4f}, lr {scheduler.get_last_lr()[0]:.3g}, tokens/s {rate:,.0f}")
+                accelerator.log({"loss": value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate}, step=step)
             if a.eval_every and eval_dl is not None and step % a.eval_every == 0:
                 metrics = evaluate_model(model, eval_dl, task, accelerator)
                 accelerator.print(f"step {step}: eval {metrics}")
+                accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
                 history.append({"step": step, **metrics})
                 model.train()
             if a.save_every and step % a.save_every == 0:
@@ -236,10 +249,11 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
         epoch += 1
     bar.close()
     final = evaluate_model(model, eval_dl, task, accelerator) if eval_dl is not None else {}
+    metrics["trained"] = _plain_eval(accelerator.unwrap_model(model), tokenizer, task, check_ds, a.seed)
     section = {"policy": a.trainable, "task": task, "steps": step, "processes": accelerator.num_processes,
                "hyperparameters": {k: v for k, v in a.identity().items() if k not in ("model", "data", "eval_data")},
                "first_loss": first_loss, "final_loss": last_loss, "final_metrics": final,
-               "eval_history": history, "trainable_values": plan.trainable_values(accelerator.unwrap_model(model)),
+               "eval_history": history, "metrics": metrics, "trainable_values": plan.trainable_values(accelerator.unwrap_model(model)),
                "plan": plan.summary()}
     # DDP proof: every rank holds the same parameters (a float64 checksum per rank, gathered)
     with torch.no_grad():
@@ -258,6 +272,51 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return section
+
+
+def _plain_eval(model, tokenizer, task: str, ds, seed: int) -> dict:
+    """Metrics on ``ds`` in this process, with a fresh seeded collator (same MLM masks every time)."""
+    from torch.utils.data import DataLoader
+
+    from . import data as D
+    from .metrics import evaluate_model
+
+    was_training = model.training
+    loader = DataLoader(ds, batch_size=16, collate_fn=D.collator(task, tokenizer, seed))
+    try:
+        return evaluate_model(model, loader, task)
+    finally:
+        model.train(was_training)
+
+
+def _growth_metrics(a: TrainArgs, model, tokenizer, record, task, head, ds, accelerator) -> dict:
+    """Metrics of the grown model before training and of its base; growth must not have changed them."""
+    import math
+
+    import transformers
+
+    from ..errors import PreservationError
+
+    out = {"grown": _plain_eval(model, tokenizer, task, ds, a.seed)}
+    source = (record or {}).get("source")
+    if not source or head or not (Path(source).is_dir() and (Path(source) / "config.json").is_file()):
+        out["base_skipped"] = ("a task head is created for training" if head else "no local base model in the record")
+        return out
+    cls = type(model)
+    try:
+        base = cls.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001
+        out["base_skipped"] = f"base not loadable as {cls.__name__}: {str(exc).splitlines()[0]}"
+        return out
+    out["base"] = _plain_eval(base, tokenizer, task, ds, a.seed)
+    for key, value in out["base"].items():
+        grown = out["grown"][key]
+        if not (math.isclose(value, grown, rel_tol=1e-4, abs_tol=1e-6) or (math.isnan(value) and math.isnan(grown))):
+            raise PreservationError(f"growth check failed: {key} of the grown model {grown:.6g} != base {value:.6g}; "
+                                    f"the grown checkpoint does not reproduce its base")
+    accelerator.print(f"growth check: grown model metrics equal the base's ({out['base']})")
+    del base, transformers
+    return out
 
 
 def _save_final(model, tokenizer, record, section, out: Path, a: TrainArgs) -> None:

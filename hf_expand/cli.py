@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="copy Debian's WordNet (apt-get install wordnet-base wordnet-sense-index) into NLTK's layout")
     s.add_argument("--source", default="/usr/share/wordnet", help="folder with the WordNet 3.0 database files")
     s.add_argument("--target", default=None, help="NLTK data folder (default $HF_EXPAND_NLTK_DATA or ~/.cache/hf_expand/nltk_data)")
+    s.add_argument("--overwrite", action="store_true", help="replace a corpora/wordnet folder hf-expand did not write")
 
     v = sub.add_parser("verify", parents=[common], help="compare the outputs of two models (folders or Hub ids) on probe inputs")
     v.add_argument("base")
@@ -293,6 +294,8 @@ def cmd_augment(args) -> int:
 
         datasets.disable_progress_bars()
     data = load_data(args.data)
+    if args.split and not hasattr(data, "keys"):
+        raise HfExpandError(f"{args.data} has no splits (a single dataset); drop --split")
     splits = args.split or ["train"]
     start = time.perf_counter()
     out = augment_dataset(data, specs, columns, copies=args.copies, seed=args.seed, num_proc=args.num_proc,
@@ -340,7 +343,7 @@ def cmd_evaluate(args) -> int:
 def cmd_setup_wordnet(args) -> int:
     from .augment.wordnet import install_wordnet
 
-    root = install_wordnet(args.source, args.target)
+    root = install_wordnet(args.source, args.target, overwrite=args.overwrite)
     print(f"WordNet installed under {root} (NLTK layout); the synonym augmenter finds it there")
     return 0
 

@@ -612,3 +612,60 @@ def test_forked_worker_gets_its_own_wordnet_files(nltk_data_dir):
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
     assert wn._data_file_map  # the parent keeps its own
+
+
+def test_random_crop_never_raises_on_short_sentences(nltk_data_dir):
+    """nlpaug's crop raises for a one-word cut 'to the right'; every seed on 1-3 word rows must work."""
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"text": ["hello", "two words", "three short words"] * 20})
+    out = augment_dataset(ds, ["random_crop", "random_crop:max=1"], "text", copies=3, progress=False)
+    assert len(out) == 60 * 4
+
+
+def test_back_translation_leaves_blank_cells(tiny_aug_models):
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"text": ["", "   ", "The quick brown fox jumps over the lazy dog"]})
+    spec = (f"back_translation:from_model={tiny_aug_models['forward']},"
+            f"to_model={tiny_aug_models['backward']},max_length=8")
+    out = augment_dataset(ds, [spec], "text", keep_original=False, progress=False)
+    assert out["text"][:2] == ["", "   "]
+
+
+def test_max_length_beyond_positions_is_refused(tiny_aug_models):
+    with pytest.raises(HfExpandError, match="exceeds the model's 256 positions"):
+        augment_dataset(source_dataset(), [f"contextual:model={tiny_aug_models['masked_lm']},max_length=300"], "text",
+                        progress=False)
+
+
+def test_contextual_replaces_non_ascii_words(tiny_aug_models):
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"text": ["Ünïcödé café naïve résumé façade"] * 6})
+    out = augment_dataset(ds, [f"contextual:model={tiny_aug_models['masked_lm']},p=1"], "text", keep_original=False,
+                          progress=False)
+    assert any(t != ds["text"][0] for t in out["text"])
+
+
+def test_summary_warns_when_a_source_row_loses_every_row(nltk_data_dir):
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"text": ["hello", "two words here now"], "y": [0, 1]})
+    out = augment_dataset(ds, ["random_swap"], "text", copies=2, keep_original=False, duplicates="drop", progress=False)
+    summary = summarize(ds, out, "text", copies=2)
+    assert summary.sources_without_rows == 1 and "1 source rows have no output row" in str(summary)
+
+
+def test_setup_wordnet_keeps_foreign_folders(tmp_path):
+    foreign = tmp_path / "nd" / "corpora" / "wordnet"
+    foreign.mkdir(parents=True)
+    (foreign / "MYNOTES.txt").write_text("mine")
+    with pytest.raises(HfExpandError, match="pass --overwrite"):
+        hf_wordnet.install_wordnet(target=tmp_path / "nd")
+    assert (foreign / "MYNOTES.txt").read_text() == "mine"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(HfExpandError, match="is a file"):
+        hf_wordnet.install_wordnet(target=tmp_path / "afile")
+    ours = hf_wordnet.install_wordnet(target=tmp_path / "fresh")
+    assert hf_wordnet.install_wordnet(target=ours) == ours  # our own install may be replaced

@@ -301,3 +301,14 @@ def test_out_is_the_source_folder(capsys, tmp_path):
                              "--augment", "random_swap", "--overwrite", "-q")
     _check_error(code, err, ["is the source"])
     assert load_from_disk(str(tmp_path / "src"))["text"] == sentences()[:4]
+
+
+def test_split_on_a_single_dataset_is_refused(tmp_path, capsys):
+    from datasets import Dataset
+
+    Dataset.from_dict({"text": ["a b c", "d e f"]}).save_to_disk(str(tmp_path / "single"))
+    code = main(["augment", str(tmp_path / "single"), "--out", str(tmp_path / "o"), "--text-column", "text",
+                 "--augment", "random_swap", "--split", "validation", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "has no splits" in err[0]
+    assert not (tmp_path / "o").exists()

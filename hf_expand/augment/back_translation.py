@@ -2,12 +2,13 @@
 
 Decoding is greedy, so the output depends on the text only (not on the seed): with ``copies > 1`` the copies
 are identical, which the duplicate policy counts or drops. A translation that comes back empty leaves the
-text unchanged.
+text unchanged; empty or whitespace-only texts are not translated. Inputs are cut at ``max_length`` tokens,
+so the copy of a longer text covers only its beginning.
 """
 
 from __future__ import annotations
 
-from .contextual import load_pretrained
+from .contextual import check_max_length, load_pretrained
 from .specs import REQUIRED, AugmenterType, Param, count
 
 
@@ -18,6 +19,8 @@ class BackTranslation:
         self.p = p
         self.forward = load_pretrained(AutoModelForSeq2SeqLM, p["from_model"], p["device"], "translation model")
         self.backward = load_pretrained(AutoModelForSeq2SeqLM, p["to_model"], p["device"], "translation model")
+        for _, model in (self.forward, self.backward):
+            check_max_length(model, p["max_length"], "back_translation")
 
     def _translate(self, texts: list[str], tokenizer, model) -> list[str]:
         import torch
@@ -35,9 +38,13 @@ class BackTranslation:
         return out
 
     def augment(self, texts: list[str], seeds: list[int]) -> list[str]:
-        pivot = self._translate(texts, *self.forward)
-        back = self._translate(pivot, *self.backward)
-        return [b if b else t for t, b in zip(texts, back)]
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        pivot = self._translate([texts[i] for i in todo], *self.forward)
+        back = self._translate(pivot, *self.backward) if todo else []
+        out = list(texts)
+        for i, b in zip(todo, back):
+            out[i] = b or texts[i]
+        return out
 
 
 TYPE = AugmenterType(

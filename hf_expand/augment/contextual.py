@@ -21,8 +21,9 @@ from ..errors import HfExpandError
 from .nlpaug_augmenters import WORD_PARAMS
 from .specs import REQUIRED, AugmenterType, Param, count
 
-# A word we may replace: optional leading/trailing punctuation around letters (with inner ' or -).
-_WORD = re.compile(r"^(\W*)([A-Za-z][A-Za-z'-]*[A-Za-z]|[A-Za-z])(\W*)$")
+# A word we may replace: optional leading/trailing punctuation around letters (any script; inner ' or -).
+_L = r"[^\W\d_]"
+_WORD = re.compile(rf"^(\W*)({_L}(?:(?:{_L}|['-])*{_L})?)(\W*)$")
 
 
 def load_pretrained(auto_cls, name: str, device: str, what: str):
@@ -41,6 +42,16 @@ def load_pretrained(auto_cls, name: str, device: str, what: str):
     except Exception as exc:  # noqa: BLE001
         raise HfExpandError(f"cannot use device {device!r}: {exc}") from None
     return tokenizer, model.eval()
+
+
+def check_max_length(model, max_length: int, where: str) -> None:
+    """A ``max_length`` beyond the model's position table would crash mid-run: refuse it up front."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") and limit:
+        limit -= 2  # positions start after the padding index
+    if limit and max_length > limit:
+        raise HfExpandError(f"{where}:max_length={max_length} exceeds the model's {limit} positions; "
+                            f"use max_length<={limit}")
 
 
 def whole_word_ids(tokenizer) -> np.ndarray:
@@ -76,6 +87,7 @@ class ContextualAugmenter:
         self.tokenizer, self.model = load_pretrained(AutoModelForMaskedLM, p["model"], p["device"], "masked LM")
         if self.tokenizer.mask_token_id is None:
             raise HfExpandError(f"{p['model']!r} has no mask token; contextual needs a masked LM (BERT, RoBERTa, ...)")
+        check_max_length(self.model, p["max_length"], "contextual")
         self.allowed = torch.from_numpy(whole_word_ids(self.tokenizer))
         self.vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
 

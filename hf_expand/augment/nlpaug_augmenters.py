@@ -22,6 +22,20 @@ class NlpaugRows:
     def __init__(self, aug):
         self.aug = aug
         self.action = getattr(aug, aug.action)
+        if aug.action == "crop":
+            self.action = self._crop
+
+    def _crop(self, text: str) -> str:
+        """nlpaug 1.1.11's crop raises when it would cut one word "to the right" (``tokens[:0]`` is empty:
+        ``random.sample([], 1)``): then cut one word at a seeded random position ourselves."""
+        try:
+            return self.aug.crop(text)
+        except ValueError:
+            tokens = self.aug.tokenizer(text)
+            if len(tokens) <= 1:
+                return text
+            i = random.randrange(len(tokens))
+            return self.aug.reverse_tokenizer(tokens[:i] + tokens[i + 1:])
 
     def augment(self, texts: list[str], seeds: list[int]) -> list[str]:
         saved = random.getstate()  # the caller's random state is theirs: restored below

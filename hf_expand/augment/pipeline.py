@@ -217,11 +217,14 @@ class AugmentSummary:
     dropped: int  # augmented rows dropped as duplicates
     non_text: int  # source cells that were None / not a string, passed through unchanged
     seconds: float = 0.0
+    sources_without_rows: int = 0  # source rows with no output row (no originals + every copy dropped)
 
     def __str__(self) -> str:
         return (f"rows in {self.rows_in:,}, rows out {self.rows_out:,} ({self.augmented:,} augmented, "
                 f"{self.changed:,} changed, {self.duplicates:,} duplicates kept, {self.dropped:,} dropped); "
-                f"non-text cells passed through: {self.non_text:,}; {self.seconds:.1f}s")
+                f"non-text cells passed through: {self.non_text:,}; {self.seconds:.1f}s"
+                + (f"; WARNING: {self.sources_without_rows:,} source rows have no output row"
+                   if self.sources_without_rows else ""))
 
 
 def summarize(source, augmented, text_columns, copies: int, seconds: float = 0.0) -> AugmentSummary:
@@ -242,7 +245,7 @@ def summarize(source, augmented, text_columns, copies: int, seconds: float = 0.0
     n_aug = sum(flags)
     non_text = sum(not isinstance(v, str) for row in src for v in row)
     return AugmentSummary(len(source), len(augmented), n_aug, changed, duplicates,
-                          len(source) * copies - n_aug, non_text, seconds)
+                          len(source) * copies - n_aug, non_text, seconds, len(source) - len(set(index)))
 
 
 def split_by_source(dataset, test_size: float = 0.1, seed: int = 0):

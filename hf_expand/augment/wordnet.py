@@ -53,10 +53,15 @@ def lexnames_text() -> str:
     return "".join(f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES))
 
 
-def install_wordnet(source: str | os.PathLike = DEBIAN_WORDNET, target: str | os.PathLike | None = None) -> Path:
+MARKER = ".installed-by-hf-expand"
+
+
+def install_wordnet(source: str | os.PathLike = DEBIAN_WORDNET, target: str | os.PathLike | None = None,
+                    overwrite: bool = False) -> Path:
     """Copy a WordNet 3.0 database (Debian layout) into an NLTK data folder; return that data folder.
 
     Written to a temporary sibling and renamed into place, so an interrupted install leaves nothing half-done.
+    An existing ``corpora/wordnet`` is replaced only if hf_expand wrote it, or with ``overwrite``.
     """
     source = Path(source)
     missing = [name for name in _REQUIRED if not (source / name).is_file()]
@@ -64,6 +69,13 @@ def install_wordnet(source: str | os.PathLike = DEBIAN_WORDNET, target: str | os
         raise HfExpandError(f"WordNet files missing from {source} ({', '.join(missing[:3])}...); run: {SETUP_HINT}")
     root = Path(target) if target is not None else data_dir()
     corpora = root / "corpora"
+    final = corpora / "wordnet"
+    for path in (root, corpora, final):
+        if path.exists() and not path.is_dir():
+            raise HfExpandError(f"{path} is a file, not a folder; choose another --target")
+    if final.exists() and not (final / MARKER).exists() and not overwrite:
+        raise HfExpandError(f"{final} exists and was not written by hf-expand; pass --overwrite to replace it "
+                            f"or choose another --target")
     corpora.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=corpora))
     try:
@@ -72,7 +84,7 @@ def install_wordnet(source: str | os.PathLike = DEBIAN_WORDNET, target: str | os
                 shutil.copyfile(path, tmp / path.name)  # copies, never symlinks (NLTK refuses those)
         if not (tmp / "lexnames").exists():
             (tmp / "lexnames").write_text(lexnames_text())
-        final = corpora / "wordnet"
+        (tmp / MARKER).write_text(f"copied from {source}\n")
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -209,6 +209,7 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
     epoch = step // per_epoch
     history = []
     probe_batch = None
+    loop_start, start_step = time.perf_counter(), step
     while step < total:
         train_dl.set_epoch(epoch)
         skip = (step - epoch * per_epoch) * a.grad_accum
@@ -248,12 +249,14 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
                 break
         epoch += 1
     bar.close()
+    loop_seconds = time.perf_counter() - loop_start
     final = evaluate_model(model, eval_dl, task, accelerator) if eval_dl is not None else {}
     metrics["trained"] = _plain_eval(accelerator.unwrap_model(model), tokenizer, task, check_ds, a.seed)
     section = {"policy": a.trainable, "task": task, "steps": step, "processes": accelerator.num_processes,
                "hyperparameters": {k: v for k, v in a.identity().items() if k not in ("model", "data", "eval_data")},
                "first_loss": first_loss, "final_loss": last_loss, "final_metrics": final,
-               "eval_history": history, "metrics": metrics, "trainable_values": plan.trainable_values(accelerator.unwrap_model(model)),
+               "eval_history": history, "metrics": metrics,
+               "steps_per_second": (step - start_step) / loop_seconds if loop_seconds > 0 else None, "trainable_values": plan.trainable_values(accelerator.unwrap_model(model)),
                "plan": plan.summary()}
     # DDP proof: every rank holds the same parameters (a float64 checksum per rank, gathered)
     with torch.no_grad():

@@ -1,0 +1,114 @@
+"""`hf-expand train` / `hf-expand evaluate` through the CLI: bad input is one line, exit 2, nothing lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_expand import AddLayers, grow_checkpoint
+from hf_expand.cli import main
+from matrix import tiny_classifier, tiny_model, tiny_tokenizer
+
+SENTENCES = Path(__file__).parent / "data" / "sentences.txt"
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_cli")
+    tiny_model("llama").save_pretrained(root / "base")
+    tiny_tokenizer().save_pretrained(root / "base")
+    grow_checkpoint(str(root / "base"), root / "grown", [AddLayers(count=1)], progress=False)
+    return root / "grown"
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_cls")
+    tiny_classifier("llama", num_labels=3).save_pretrained(root / "base")
+    tiny_tokenizer().save_pretrained(root / "base")
+    grow_checkpoint(str(root / "base"), root / "grown", [AddLayers(count=1)], progress=False)
+    return root / "grown"
+
+
+def one_line_error(capsys, argv) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("hf-expand: error: "), err
+    return err[0]
+
+
+def test_train_cli_happy_path_and_evaluate(grown, tmp_path, capsys):
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    assert main(["train", str(grown), "--data", str(SENTENCES), "--out", str(out), "--max-steps", "3", "-q"]) == 0
+    stdout = capsys.readouterr().out
+    assert "trained 3 steps" in stdout and f"wrote {out}" in stdout
+    assert json.loads((out / "hf_expand_growth.json").read_text())["training"]["steps"] == 3
+    assert main(["evaluate", str(out), "--data", str(SENTENCES), "-q"]) == 0
+    assert "perplexity" in capsys.readouterr().out
+
+
+BAD = {
+    "missing_text_column": (["--text-column", "body"], "column 'body' not found"),
+    "both_lengths": (["--max-steps", "2", "--epochs", "1"], "not allowed with argument"),
+    "no_length": ([], "exactly one of --max-steps"),
+    "bad_eval_ratio": (["--max-steps", "2", "--eval-ratio", "1.5"], "--eval-ratio must be in (0, 1)"),
+    "missing_data": (["--max-steps", "2", "--data", "/nonexistent/x.csv"], "does not exist"),
+}
+
+
+def test_bad_table_is_not_empty():
+    assert len(BAD) >= 5
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_train_bad_input(case, grown, tmp_path, capsys):
+    extra, message = BAD[case]
+    argv = ["train", str(grown), "--data", str(SENTENCES), "--out", str(tmp_path / "o")]
+    if "--data" in extra:
+        argv = argv[:2] + argv[4:]
+    if case in ("missing_text_column",):
+        extra = extra + ["--max-steps", "2"]
+    line = one_line_error(capsys, argv + extra)
+    assert message in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_is_kept(grown, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    line = one_line_error(capsys, ["train", str(grown), "--data", str(SENTENCES), "--out", str(out), "--max-steps", "2"])
+    assert "already exists" in line and "--resume" in line
+    assert (out / "mine.txt").read_text() == "keep me"
+
+
+def test_model_without_tokenizer(tmp_path, capsys):
+    tiny_model("llama").save_pretrained(tmp_path / "m")
+    line = one_line_error(capsys, ["train", str(tmp_path / "m"), "--data", str(SENTENCES), "--out", str(tmp_path / "o"),
+                                   "--max-steps", "2", "--trainable", "all"])
+    assert "has no tokenizer" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_labels_outside_num_labels(classifier, tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nthe cat sat,0\nthe dog ran,7\n")
+    line = one_line_error(capsys, ["train", str(classifier), "--data", str(data), "--out", str(tmp_path / "o"),
+                                   "--label-column", "label", "--max-steps", "2", "-q"])
+    assert "label 7 is outside the model's 3 labels" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_into_other_configuration(grown, tmp_path, capsys):
+    out = tmp_path / "r"
+    base = ["train", str(grown), "--data", str(SENTENCES), "--out", str(out), "--max-steps", "2", "--save-every", "1", "-q"]
+    assert main(base) == 0
+    capsys.readouterr()
+    line = one_line_error(capsys, base[:-1] + ["--batch-size", "4", "--resume"])
+    assert "differs from the one in" in line and "batch_size" in line
+    assert (out / "model.safetensors").is_file()  # nothing lost

@@ -147,6 +147,40 @@ def test_resume_ends_where_an_uninterrupted_run_ends(grown_llama, tmp_path):
     assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-6
 
 
+def test_killed_run_resumes_to_the_uninterrupted_result(grown_llama, tmp_path):
+    """A real kill: SIGKILL the CLI process once a checkpoint exists, then --resume; the final weights equal
+    those of an uninterrupted run with the same seed (fp32 noise)."""
+    import signal
+    import time
+
+    common = ["--data", str(SENTENCES), "--max-steps", "150", "--save-every", "5", "--lr", "1e-2",
+              "--weight-decay", "0.1", "--batch-size", "8", "--log-every", "0", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "hf_expand", "train", str(grown_llama), "--out", str(killed), *common],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-10").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "model.safetensors").exists()
+    resumed = subprocess.run([sys.executable, "-m", "hf_expand", "train", str(grown_llama), "--out", str(killed),
+                              *common, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = subprocess.run([sys.executable, "-m", "hf_expand", "train", str(grown_llama), "--out",
+                               str(tmp_path / "straight"), *common], env=env, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    a, b = weights(tmp_path / "straight"), weights(killed)
+    assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-6
+
+
+def test_packing_builds_full_blocks(grown_llama, tmp_path):
+    section = run(grown_llama, tmp_path / "packed", max_steps=3, packing=True, max_length=32)
+    assert section["steps"] == 3
+
+
 def test_resume_with_other_settings_is_refused(grown_llama, tmp_path):
     run(grown_llama, tmp_path / "r", max_steps=2, save_every=1)
     with pytest.raises(HfExpandError, match="differs from the one in .* in lr"):

@@ -244,19 +244,21 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
                 history.append({"step": step, **metrics})
                 model.train()
             if a.save_every and step % a.save_every == 0:
-                accelerator.save_state(str(out / CHECKPOINTS / f"step-{step}"))
+                _checkpoint(accelerator, out, step)
             if step >= total:
                 break
         epoch += 1
     bar.close()
     loop_seconds = time.perf_counter() - loop_start
+    state_bytes = training_state_bytes(accelerator.unwrap_model(model), optimizer)
     final = evaluate_model(model, eval_dl, task, accelerator) if eval_dl is not None else {}
     metrics["trained"] = _plain_eval(accelerator.unwrap_model(model), tokenizer, task, check_ds, a.seed)
     section = {"policy": a.trainable, "task": task, "steps": step, "processes": accelerator.num_processes,
                "hyperparameters": {k: v for k, v in a.identity().items() if k not in ("model", "data", "eval_data")},
                "first_loss": first_loss, "final_loss": last_loss, "final_metrics": final,
                "eval_history": history, "metrics": metrics,
-               "steps_per_second": (step - start_step) / loop_seconds if loop_seconds > 0 else None, "trainable_values": plan.trainable_values(accelerator.unwrap_model(model)),
+               "steps_per_second": (step - start_step) / loop_seconds if loop_seconds > 0 else None,
+               "training_state_mib": state_bytes / 2**20, "trainable_values": plan.trainable_values(accelerator.unwrap_model(model)),
                "plan": plan.summary()}
     # DDP proof: every rank holds the same parameters (a float64 checksum per rank, gathered)
     with torch.no_grad():
@@ -275,6 +277,30 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return section
+
+
+def training_state_bytes(model, optimizer) -> int:
+    """Bytes of gradients (trainable parameters) plus optimizer state tensors: what training adds to the
+    weights' own memory."""
+    import torch
+
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    state = sum(v.numel() * v.element_size() for st in optimizer.state.values() for v in st.values()
+                if isinstance(v, torch.Tensor) and v.dim() > 0)
+    return grads + state
+
+
+def _checkpoint(accelerator, out: Path, step: int) -> None:
+    """``save_state`` into a hidden folder, renamed once complete: a kill mid-save leaves no half checkpoint
+    for ``--resume`` to pick up (it only looks at ``step-*``)."""
+    import os
+
+    partial = out / CHECKPOINTS / f".step-{step}.partial"
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.replace(partial, out / CHECKPOINTS / f"step-{step}")
+    accelerator.wait_for_everyone()
 
 
 def _plain_eval(model, tokenizer, task: str, ds, seed: int) -> dict:

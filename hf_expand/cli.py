@@ -356,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
             import transformers
 
             transformers.utils.logging.disable_progress_bar()
+            try:
+                import datasets
+
+                datasets.disable_progress_bars()
+            except ImportError:
+                pass
         commands = {"grow": cmd_grow, "verify": cmd_verify, "augment": cmd_augment, "setup-wordnet": cmd_setup_wordnet,
                     "train": cmd_train, "evaluate": cmd_evaluate}
         return commands[args.command](args)

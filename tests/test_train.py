@@ -285,3 +285,12 @@ def test_classification_on_grown_minilm_beats_untrained_head(tmp_path):
     m = section["metrics"]
     assert "task head" in m["base_skipped"]
     assert m["trained"]["accuracy"] > m["grown"]["accuracy"] + 0.1, m
+
+
+def test_lora_on_layers_only_growth(tmp_path):
+    """LLaMA-Pro-style growth (new layers only): LoRA goes on the old layers' linears, new layers train fully."""
+    tiny_model("llama").save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    grow_checkpoint(str(tmp_path / "base"), tmp_path / "grown", [AddLayers(count=1)], progress=False)
+    section = run(tmp_path / "grown", tmp_path / "lora", trainable="lora", max_steps=3)
+    assert section["lora_merge_max_abs_diff"] <= 1e-5

@@ -168,7 +168,7 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
     if not a.packing or task != "causal-lm":
         metrics.update(_growth_metrics(a, model, tokenizer, record, task, head, check_ds, accelerator))
 
-    plan = plan_trainable(model, record, "new" if a.trainable == "lora" else a.trainable, head)
+    plan = plan_trainable(model, record, a.trainable, head)
     if a.trainable == "lora":
         from .lora import wrap_lora
 

@@ -6,6 +6,7 @@ User errors print one line (``hf-expand: error: ...``) and exit 2, with nothing 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import shlex
@@ -20,6 +21,31 @@ log = logging.getLogger("hf_expand")
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + message
         raise HfExpandError(f"{message} (see {self.prog} --help)")
+
+
+def _push_flags(p, prefix: str = "") -> None:
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", help="branch to push to (default main)")
+    p.add_argument("--commit-message")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login); never written anywhere")
+
+
+def _recorded_command() -> str:
+    """The command line as recorded in records and cards, with any --token value replaced by ***."""
+    argv, out, hide = sys.argv[1:], ["hf-expand"], False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg == "--token":
+            out.append(arg)
+            hide = True
+        elif arg.startswith("--token="):
+            out.append("--token=***")
+        else:
+            out.append(arg)
+    return shlex.join(out)
 
 
 def _number(text: str) -> float:
@@ -66,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--accept-difference", action="store_true", help="write the model even if outputs moved beyond --tolerance")
     g.add_argument("--dry-run", action="store_true", help="print the plan; read no weights, write nothing")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    g.add_argument("--push-to", metavar="REPO", help="push the grown model to this Hub repo when done")
+    _push_flags(g)
     g.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code from the source")
 
     a = sub.add_parser("augment", parents=[common], help="augment the text of a dataset (file, save_to_disk folder or Hub id)",
@@ -124,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-adapter", action="store_true", help="with lora: also save the adapter under OUT/adapter")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.add_argument("--push-to", metavar="REPO", help="push the trained model to this Hub repo when done")
+    _push_flags(t)
 
     ev = sub.add_parser("evaluate", parents=[common], help="metrics of a model on data (accuracy/F1 or perplexity), offline")
     ev.add_argument("model")
@@ -134,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--max-length", type=int, default=128)
     ev.add_argument("--seed", type=int, default=0)
+
+    pu = sub.add_parser("push", parents=[common], help="push an output folder to the Hub with a refreshed model card")
+    pu.add_argument("folder", help="a folder written by hf-expand grow/train")
+    pu.add_argument("repo_id", help="namespace/name")
+    _push_flags(pu)
 
     s = sub.add_parser("setup-wordnet", parents=[common],
                        help="copy Debian's WordNet (apt-get install wordnet-base wordnet-sense-index) into NLTK's layout")
@@ -238,7 +273,7 @@ def cmd_grow(args) -> int:
     report = grow_checkpoint(
         args.src, args.out, ops, seed=args.seed, tolerance=args.tolerance, probe_texts=args.probe_text,
         accept_difference=args.accept_difference, overwrite=args.overwrite,
-        trust_remote_code=args.trust_remote_code, command=shlex.join(["hf-expand", *sys.argv[1:]]),
+        trust_remote_code=args.trust_remote_code, command=_recorded_command(),
         progress=not args.quiet,
     )
     for o in report.operations:
@@ -246,6 +281,8 @@ def cmd_grow(args) -> int:
         for note in o.notes:
             print(f"  note: {note}")
     print(f"wrote {args.out} (reloaded max|diff| {report.reloaded_max_abs_diff:.3g}, tolerance {report.tolerance:g})")
+    if args.push_to:
+        _push(args, args.out)
     return 0
 
 
@@ -303,11 +340,15 @@ def cmd_augment(args) -> int:
                           duplicates="drop" if args.drop_duplicates else "keep", batch_size=args.batch_size,
                           progress=not args.quiet)
     seconds = time.perf_counter() - start
+    pairs = [("rows", data, out)] if not hasattr(data, "keys") else [(s, data[s], out[s]) for s in splits]
+    lines = [f"{name}: {summarize(before, after, columns, args.copies, seconds)}" for name, before, after in pairs]
     with atomic_output_dir(args.out, args.overwrite, args.data) as tmp:
         save_data(out, tmp, args.format)
-    pairs = [("rows", data, out)] if not hasattr(data, "keys") else [(s, data[s], out[s]) for s in splits]
-    for name, before, after in pairs:
-        print(f"{name}: {summarize(before, after, columns, args.copies, seconds)}")
+        (tmp / "hf_expand_augmentation.json").write_text(json.dumps(
+            {"augmenters": [str(s) for s in specs], "seed": args.seed, "copies": args.copies, "summary": lines,
+             "command": _recorded_command()}, indent=2) + "\n")
+    for line in lines:
+        print(line)
     print(f"augmenters: {'; '.join(str(s) for s in specs)}; seed {args.seed}")
     print(f"wrote {args.out} ({args.format})")
     return 0
@@ -319,7 +360,8 @@ def cmd_train(args) -> int:
     from .train import TrainArgs, train
 
     fields = {f.name for f in dataclasses.fields(TrainArgs)}
-    targs = TrainArgs(**{k: v for k, v in vars(args).items() if k in fields})
+    targs = TrainArgs(**{k: v for k, v in vars(args).items() if k in fields and k != "command"},
+                      command=_recorded_command())
     section = train(targs, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     import os
 
@@ -328,6 +370,8 @@ def cmd_train(args) -> int:
         print(f"trained {section['steps']} steps ({section['plan']}); loss {section['first_loss']:.4f} -> "
               f"{section['final_loss']:.4f}{'; ' + metrics if metrics else ''}")
         print(f"wrote {args.out}")
+        if args.push_to:
+            _push(args, args.out)
     return 0
 
 
@@ -337,6 +381,20 @@ def cmd_evaluate(args) -> int:
     metrics = evaluate_checkpoint(args.model, args.data, args.text_column, args.label_column, args.task,
                                   args.batch_size, args.max_length, args.seed)
     print(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return 0
+
+
+def _push(args, folder) -> None:
+    from .hub import push_folder
+
+    url = push_folder(folder, args.push_to if getattr(args, "push_to", None) else args.repo_id, private=args.private,
+                      revision=args.revision, commit_message=args.commit_message, create_pr=args.create_pr,
+                      token=args.token)
+    print(f"pushed {folder}: {url}")
+
+
+def cmd_push(args) -> int:
+    _push(args, args.folder)
     return 0
 
 
@@ -363,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError:
                 pass
         commands = {"grow": cmd_grow, "verify": cmd_verify, "augment": cmd_augment, "setup-wordnet": cmd_setup_wordnet,
-                    "train": cmd_train, "evaluate": cmd_evaluate}
+                    "train": cmd_train, "evaluate": cmd_evaluate, "push": cmd_push}
         return commands[args.command](args)
     except PreservationError as exc:
         print(f"hf-expand: error: {exc}", file=sys.stderr)

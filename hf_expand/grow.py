@@ -244,7 +244,16 @@ def grow_checkpoint(
             copied=copied,
             command=command,
         )
+        from .card import base_license, write_card
+
+        record["license"] = base_license(src)
+        parent_record = Path(src) / RECORD_FILE
+        if parent_record.is_file():  # growing a grown folder that was pushed: that repo is the parent
+            pushed = json.loads(parent_record.read_text()).get("pushed_to")
+            if pushed:
+                record["parent_repo"] = pushed
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_card(tmp)
     return report
 
 

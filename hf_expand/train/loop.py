@@ -52,11 +52,13 @@ class TrainArgs:
     lora_r: int = 8
     lora_alpha: int = 16
     save_adapter: bool = False
+    command: str | None = None  # how the run was started (recorded, not compared on --resume)
 
     def identity(self) -> dict:
         """What a resumed run must share with the run it resumes."""
         d = dataclasses.asdict(self)
         d.pop("out")
+        d.pop("command")
         return d
 
 
@@ -253,7 +255,8 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
     state_bytes = training_state_bytes(accelerator.unwrap_model(model), optimizer)
     final = evaluate_model(model, eval_dl, task, accelerator) if eval_dl is not None else {}
     metrics["trained"] = _plain_eval(accelerator.unwrap_model(model), tokenizer, task, check_ds, a.seed)
-    section = {"policy": a.trainable, "task": task, "steps": step, "processes": accelerator.num_processes,
+    section = {"policy": a.trainable, "task": task, "data_source": a.data, "command": a.command,
+               "augmentation": _augmentation_summary(a.data), "steps": step, "processes": accelerator.num_processes,
                "hyperparameters": {k: v for k, v in a.identity().items() if k not in ("model", "data", "eval_data")},
                "first_loss": first_loss, "final_loss": last_loss, "final_metrics": final,
                "eval_history": history, "metrics": metrics,
@@ -288,6 +291,16 @@ def training_state_bytes(model, optimizer) -> int:
     state = sum(v.numel() * v.element_size() for st in optimizer.state.values() for v in st.values()
                 if isinstance(v, torch.Tensor) and v.dim() > 0)
     return grads + state
+
+
+def _augmentation_summary(data: str) -> str | None:
+    """What ``hf-expand augment`` recorded beside the data, if the data came from it."""
+    path = Path(data) / "hf_expand_augmentation.json"
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    return f"{'; '.join(info.get('augmenters', []))}, seed {info.get('seed')}, copies {info.get('copies')}: " + \
+        " | ".join(info.get("summary", []))
 
 
 def _checkpoint(accelerator, out: Path, step: int) -> None:
@@ -353,7 +366,12 @@ def _save_final(model, tokenizer, record, section, out: Path, a: TrainArgs) -> N
 
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    from ..card import write_card
+
     record = dict(record or {"source": a.model})
-    record.setdefault("trained_from", a.model)
+    record["trained_from"] = a.model
+    if record.get("pushed_to"):  # the parent folder was pushed: that repo is this model's direct parent
+        record["parent_repo"] = record.pop("pushed_to")
     record["training"] = section
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_card(out)

@@ -1,0 +1,128 @@
+"""The model card (README.md) of every folder hf_expand writes: lineage in the front matter, the evidence
+in the body. Built from the growth record (``hf_expand_growth.json``) and the model config only, so it
+can be rebuilt at any time (``hf-expand push`` refreshes it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .model_io import _is_hub_id
+
+PIPELINES = (("ForCausalLM", "text-generation"), ("ForMaskedLM", "fill-mask"),
+             ("ForSequenceClassification", "text-classification"), ("ForTokenClassification", "token-classification"),
+             ("ForQuestionAnswering", "question-answering"))
+
+
+def _hub_id(value) -> str | None:
+    return value if isinstance(value, str) and _is_hub_id(value) and not Path(value).exists() else None
+
+
+def parent_repo(record: dict) -> str | None:
+    """The direct parent on the Hub: the repo the parent folder was pushed to, else the growth source."""
+    return record.get("parent_repo") or _hub_id(record.get("source"))
+
+
+def pipeline_tag(config: dict) -> str:
+    arch = (config.get("architectures") or [""])[0]
+    return next((tag for suffix, tag in PIPELINES if arch.endswith(suffix)), "feature-extraction")
+
+
+def base_license(source: str | None) -> str | None:
+    """The license on the source model's card, when it can be read (local README or the Hub)."""
+    from huggingface_hub import ModelCard
+
+    if not source:
+        return None
+    try:
+        path = Path(source) / "README.md"
+        card = ModelCard.load(path) if path.is_file() else (ModelCard.load(source) if _hub_id(source) else None)
+    except Exception:  # noqa: BLE001 - no card, offline, private: the license is just unknown
+        return None
+    return getattr(card.data, "license", None) if card is not None else None
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
+
+
+def _metrics_rows(training: dict) -> list[str]:
+    m = training.get("metrics") or {}
+    keys = sorted({k for stage in ("base", "grown", "trained") for k in (m.get(stage) or {})})
+    rows = [f"| {k} | {_fmt((m.get('base') or {}).get(k))} | {_fmt((m.get('grown') or {}).get(k))} | "
+            f"{_fmt((m.get('trained') or {}).get(k))} |" for k in keys]
+    return ["| metric | base | grown (before training) | trained |", "| --- | ---: | ---: | ---: |", *rows] if rows else []
+
+
+def build_card(folder: str | Path, repo_id: str | None = None):
+    """``huggingface_hub.ModelCard`` for the model in ``folder`` (``repo_id``: where it is being pushed)."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    folder = Path(folder)
+    record = json.loads((folder / "hf_expand_growth.json").read_text()) if (folder / "hf_expand_growth.json").is_file() else {}
+    config = json.loads((folder / "config.json").read_text())
+    training = record.get("training") or {}
+    parent = parent_repo(record)
+    ops = record.get("operations") or []
+    name = repo_id or folder.name
+    tags = ["hf-expand", "model-growth", *sorted({o["op"].replace("_", "-") for o in ops})]
+    data_sources = [d for d in (training.get("data_source"),) if _hub_id(d)]
+    eval_results = []
+    task = pipeline_tag(config)
+    for metric, value in ((training.get("metrics") or {}).get("trained") or {}).items():
+        if isinstance(value, (int, float)):
+            eval_results.append(EvalResult(task_type=task, dataset_type=(data_sources or ["local"])[0],
+                                           dataset_name=(data_sources or ["local evaluation data"])[0],
+                                           metric_type=metric, metric_value=float(value)))
+    data = ModelCardData(
+        base_model=parent, base_model_relation="finetune" if parent else None, tags=tags,
+        library_name="transformers", pipeline_tag=task, license=record.get("license"),
+        datasets=data_sources or None, model_name=name if eval_results else None, eval_results=eval_results or None,
+    )
+    lines = [f"# {name}", ""]
+    origin = parent or record.get("source") or "an unknown base"
+    lines += [f"Grown from [`{origin}`](https://huggingface.co/{origin})" if parent else f"Grown from `{origin}`",
+              "with hf_expand (function-preserving growth: at the moment of growth the model's",
+              "outputs equal the base model's, measured below).", ""]
+    if ops:
+        lines += ["## Growth", "", "| operation | change | parameters before | parameters after | max abs diff (fp32) |",
+                  "| --- | --- | ---: | ---: | ---: |"]
+        lines += [f"| {o['op']} | {o['summary']} | {o['params_before']:,} | {o['params_after']:,} | {_fmt(o['max_abs_diff'])} |"
+                  for o in ops]
+        v = record.get("verification") or {}
+        lines += ["", "## Preservation evidence", "",
+                  f"- Reloaded from disk with stock `transformers` and compared with the base on probe inputs "
+                  f"({record.get('probes') or 'random ids'}): max |base - grown| = {_fmt(v.get('reloaded_max_abs_diff'))} "
+                  f"(tolerance {_fmt(record.get('tolerance'))}, dtype {record.get('dtype', 'float32')}).",
+                  f"- New tensor slices recorded: {len(record.get('new_slices') or {})} tensors "
+                  f"(`hf_expand_growth.json`, `new_slices`).", ""]
+    aug = record.get("augmentation") or training.get("augmentation")
+    lines += ["## Augmentation", "", f"{aug}" if aug else "No augmentation recorded.", ""]
+    if training:
+        hp = training.get("hyperparameters") or {}
+        lines += ["## Training", "",
+                  f"- Policy `{training.get('policy')}` ({training.get('plan', '')}), task {training.get('task')}, "
+                  f"{training.get('steps')} steps on {training.get('processes', 1)} process(es).",
+                  f"- Learning rate {hp.get('lr')}" + (f" (new capacity {hp['new_lr']})" if hp.get("new_lr") else "")
+                  + f", batch size {hp.get('batch_size')}, weight decay {hp.get('weight_decay')}, seed {hp.get('seed')}.",
+                  f"- Loss {_fmt(training.get('first_loss'))} -> {_fmt(training.get('final_loss'))}.", ""]
+        rows = _metrics_rows(training)
+        if rows:
+            lines += ["## Evaluation", "", *rows, ""]
+    else:
+        lines += ["## Training", "", "Not trained after growth: the new capacity is initialised so that outputs are "
+                  "unchanged; train it with `hf-expand train`.", ""]
+    auto = record.get("auto_class") or "AutoModel"
+    lines += ["## How to load", "", "```python", f"from transformers import {auto}, AutoTokenizer", "",
+              f'model = {auto}.from_pretrained("{name}")', f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+              "```", "", "No custom code and no hf_expand needed.", ""]
+    commands = [c for c in (record.get("command"), training.get("command")) if c]
+    if commands:
+        lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def write_card(folder: str | Path, repo_id: str | None = None) -> Path:
+    path = Path(folder) / "README.md"
+    path.write_text(str(build_card(folder, repo_id)))
+    return path

@@ -40,6 +40,9 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     card = str(build_card(folder, repo_id))
     new_record = json.dumps({**record, "pushed_to": repo_id}, indent=2, default=str) + "\n" if record is not None else None
+    from huggingface_hub import get_token
+
+    token = token or get_token()  # --token, else HF_TOKEN, else the stored login
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)

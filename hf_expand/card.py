@@ -9,9 +9,11 @@ from pathlib import Path
 
 from .model_io import _is_hub_id
 
-PIPELINES = (("ForCausalLM", "text-generation"), ("ForMaskedLM", "fill-mask"),
-             ("ForSequenceClassification", "text-classification"), ("ForTokenClassification", "token-classification"),
-             ("ForQuestionAnswering", "question-answering"))
+# architecture suffix -> (pipeline tag, the Auto class that loads it)
+HEADS = (("ForCausalLM", "text-generation", "AutoModelForCausalLM"), ("ForMaskedLM", "fill-mask", "AutoModelForMaskedLM"),
+         ("ForSequenceClassification", "text-classification", "AutoModelForSequenceClassification"),
+         ("ForTokenClassification", "token-classification", "AutoModelForTokenClassification"),
+         ("ForQuestionAnswering", "question-answering", "AutoModelForQuestionAnswering"))
 
 
 def _hub_id(value) -> str | None:
@@ -23,9 +25,13 @@ def parent_repo(record: dict) -> str | None:
     return record.get("parent_repo") or _hub_id(record.get("source"))
 
 
-def pipeline_tag(config: dict) -> str:
+def _head(config: dict) -> tuple[str, str]:
     arch = (config.get("architectures") or [""])[0]
-    return next((tag for suffix, tag in PIPELINES if arch.endswith(suffix)), "feature-extraction")
+    return next(((tag, auto) for suffix, tag, auto in HEADS if arch.endswith(suffix)), ("feature-extraction", "AutoModel"))
+
+
+def pipeline_tag(config: dict) -> str:
+    return _head(config)[0]
 
 
 def base_license(source: str | None) -> str | None:
@@ -112,7 +118,7 @@ def build_card(folder: str | Path, repo_id: str | None = None):
     else:
         lines += ["## Training", "", "Not trained after growth: the new capacity is initialised so that outputs are "
                   "unchanged; train it with `hf-expand train`.", ""]
-    auto = record.get("auto_class") or "AutoModel"
+    auto = _head(config)[1]
     lines += ["## How to load", "", "```python", f"from transformers import {auto}, AutoTokenizer", "",
               f'model = {auto}.from_pretrained("{name}")', f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
               "```", "", "No custom code and no hf_expand needed.", ""]

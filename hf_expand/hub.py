@@ -44,8 +44,14 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
 
     token = token or get_token()  # --token, else HF_TOKEN, else the stored login
     api = HfApi(token=token)
+    import logging
+
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # we report "nothing changed" ourselves
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision and revision != "main" and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)  # a new branch starts from main
+        head = api.model_info(repo_id, revision=revision).sha
         from huggingface_hub import CommitOperationAdd
 
         # The refreshed card and the record (noting this repo) go up from memory; the local folder is
@@ -74,4 +80,6 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     (folder / "README.md").write_text(card)
     if new_record is not None:
         record_path.write_text(new_record)
-    return getattr(info, "commit_url", None) or str(info)
+    if getattr(info, "oid", None) == head and not create_pr:
+        return f"nothing changed since {head[:12]}; no new commit"
+    return getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or str(info)

@@ -105,7 +105,7 @@ def test_jsonl_to_jsonl(capsys, tmp_path):
     code, out, err = run_cli(capsys, "augment", data, "--out", out_dir, "--text-column", "text",
                              "--augment", "ocr", "--format", "jsonl", "-q")
     assert code == 0, err
-    assert sorted(p.name for p in out_dir.iterdir()) == ["train.jsonl"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["hf_expand_augmentation.json", "train.jsonl"]
     lines = [json.loads(line) for line in (out_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(lines) == N * 2
     assert set(lines[0]) == {"text", "label", "id", "source_index", "is_augmented"}

@@ -69,3 +69,17 @@ def test_train_card_has_training_and_evaluation(base, tmp_path, monkeypatch, cap
     for f in (tmp_path / "t").rglob("*"):
         if f.is_file():
             assert b"hf_SECRET123" not in f.read_bytes(), f
+
+
+def test_card_carries_the_augmentation_summary(base, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    grown = tmp_path / "grown"
+    grow_checkpoint(str(base), grown, [AddLayers(count=1)], progress=False)
+    assert main(["augment", str(SENTENCES), "--out", str(tmp_path / "aug"), "--text-column", "text",
+                 "--augment", "random_swap:p=0.2", "--copies", "1", "-q"]) == 0
+    assert main(["train", str(grown), "--data", str(tmp_path / "aug"), "--out", str(tmp_path / "t"),
+                 "--max-steps", "2", "-q"]) == 0
+    text = ModelCard.load(tmp_path / "t" / "README.md").text
+    assert "random_swap:max=10,min=1,p=0.2" in text and "rows in 48, rows out 96" in text

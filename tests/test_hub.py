@@ -81,7 +81,8 @@ def test_round_trip_card_and_chained_lineage(hub, grown_minilm, tmp_path):
     assert card["license"] == "apache-2.0"  # from the base model's own card
     # unchanged folder: pushing again makes no new commit
     commits = len(server.commits("alice/minilm-grown"))
-    assert cli(hub, "push", str(grown_minilm), "alice/minilm-grown").returncode == 0
+    again = cli(hub, "push", str(grown_minilm), "alice/minilm-grown")
+    assert again.returncode == 0 and "nothing changed" in again.stdout, again.stdout + again.stderr
     assert len(server.commits("alice/minilm-grown")) == commits
     # grow the pulled model again: the new card's lineage points at the first repo
     second = tmp_path / "second"
@@ -148,3 +149,21 @@ def test_private_repo_not_readable_by_another_user(hub, grown_minilm, tmp_path):
     assert run(hub, ["-c", code], token=ALICE).stdout.strip() == "read"
     other = run(hub, ["-c", code], token=BOB, hf_home=tmp_path / "bob_home")  # Bob's own, empty cache
     assert other.returncode != 0 and "read" not in other.stdout
+
+
+def test_revision_and_pull_request(hub, grown_minilm):
+    server, _, _ = hub
+    assert cli(hub, "push", str(grown_minilm), "alice/branches").returncode == 0
+    main_commits = len(server.commits("alice/branches"))
+    r = cli(hub, "push", str(grown_minilm), "alice/branches", "--revision", "dev", "--commit-message", "to dev")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "config.json" in server.files("alice/branches", revision="dev")
+    (grown_minilm / "NOTES.md").write_text("a change for review\n")
+    try:
+        r = cli(hub, "push", str(grown_minilm), "alice/branches", "--create-pr")
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "refs/pr/" in r.stdout or "discussions" in r.stdout
+        assert "NOTES.md" not in server.files("alice/branches")  # main untouched by a PR
+        assert len(server.commits("alice/branches")) == main_commits
+    finally:
+        (grown_minilm / "NOTES.md").unlink()

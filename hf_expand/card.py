@@ -115,6 +115,8 @@ def build_card(folder: str | Path, repo_id: str | None = None):
         rows = _metrics_rows(training)
         if rows:
             lines += ["## Evaluation", "", *rows, ""]
+        if (folder / "training_curve.png").is_file():
+            lines += ["![training curve: loss per step (blue), eval metric (red)](training_curve.png)", ""]
     else:
         lines += ["## Training", "", "Not trained after growth: the new capacity is initialised so that outputs are "
                   "unchanged; train it with `hf-expand train`.", ""]
@@ -122,6 +124,8 @@ def build_card(folder: str | Path, repo_id: str | None = None):
     lines += ["## How to load", "", "```python", f"from transformers import {auto}, AutoTokenizer", "",
               f'model = {auto}.from_pretrained("{name}")', f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
               "```", "", "No custom code and no hf_expand needed.", ""]
+    if (folder / "recipe.yaml").is_file():
+        lines += ["## Recipe", "", "```yaml", (folder / "recipe.yaml").read_text().rstrip(), "```", ""]
     commands = [c for c in (record.get("command"), training.get("command")) if c]
     if commands:
         lines += ["## Reproduce", "", "```bash", *commands, "```", ""]

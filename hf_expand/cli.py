@@ -430,7 +430,13 @@ def cmd_setup_wordnet(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # `run` overrides may come after options (key.path=value); anything else is an error
+            if args.command == "run" and all("=" in e and not e.startswith("-") for e in extra):
+                args.overrides = [*args.overrides, *extra]
+            else:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
         if args.quiet:
             import transformers

@@ -95,7 +95,13 @@ def set_path(recipe: dict, assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise HfExpandError(f"override {assignment!r}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):  # YAML 1.1 reads "5e-4" as a string; a number is meant
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    node[parts[-1]] = parsed
 
 
 def resolve_model_id(model_id: str) -> str:

@@ -51,7 +51,7 @@ class Runner:
 
 def dry_run(recipe: dict) -> str:
     """The plan, without loading weights: operations with sizes and parameter counts, data, steps."""
-    from .grow import plan_growth, render_plans
+    from .grow import plan_growth, render_plans, with_tokenizer
     from .model_io import load_config
     from .recipe import operations
 
@@ -59,6 +59,7 @@ def dry_run(recipe: dict) -> str:
     ops = operations(recipe)
     if ops:
         config = load_config(recipe["model"]["id"])
+        ops = with_tokenizer(ops, recipe["model"]["id"])
         full = render_plans(config, plan_growth(config, ops)).splitlines()
         # the per-tensor lines are for `hf-expand grow --dry-run`; a recipe plan keeps the operation lines
         lines += [ln for ln in full if not ln.startswith("  ") or ln.lstrip().startswith(("(", "parameters", "note"))]
@@ -204,6 +205,9 @@ def _print_summary(r: Runner, record: dict) -> None:
         print(f"parameters: {ops[0]['params_before']:,} -> {ops[-1]['params_after']:,}; "
               f"preservation max |diff| {(record.get('verification') or {}).get('reloaded_max_abs_diff')}")
     metrics = (record.get("training") or {}).get("metrics") or {}
+    labels = {"base": "base model", "grown": "grown, before training", "trained": "trained"}
+    if metrics.get("base_skipped"):
+        print(f"{'base model':24s} not comparable: {metrics['base_skipped']}")
     for stage in ("base", "grown", "trained"):
         if metrics.get(stage):
-            print(f"{stage:8s} " + ", ".join(f"{k} {v:.4g}" for k, v in metrics[stage].items()))
+            print(f"{labels[stage]:24s} " + ", ".join(f"{k} {v:.4g}" for k, v in metrics[stage].items()))

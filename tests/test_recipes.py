@@ -1,0 +1,95 @@
+"""Recipes: every shipped recipe passes --dry-run, reruns skip finished stages, bad recipes are one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hf_expand.cli import main
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+SENTENCES = Path(__file__).parent / "data" / "sentences.txt"
+NEEDS_CLASSIFIER = {"new-labels.yaml"}
+
+
+def test_recipes_are_shipped():
+    names = {p.name for p in RECIPES}
+    assert {"quickstart.yaml", "llama-pro.yaml", "net2net-widen.yaml", "hypercloning-2x.yaml", "domain-tokens.yaml",
+            "new-labels.yaml", "push-example.yaml"} <= names
+    for p in RECIPES:  # each opens with the exact command
+        assert p.read_text().startswith(f"# hf-expand run recipes/{p.name}"), p.name
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_recipe_passes_dry_run(recipe, tiny_checkpoints, tiny_classifier_checkpoints, capsys):
+    overrides = []
+    if recipe.name != "quickstart.yaml":  # model ids are fields: point them at a local tiny checkpoint
+        model = tiny_classifier_checkpoints("llama") if recipe.name in NEEDS_CLASSIFIER else tiny_checkpoints("llama")
+        overrides = [f"model.id={model}"]
+    assert main(["run", str(recipe), "--dry-run", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "model:" in out and "parameters:" in out
+
+
+def tiny_recipe(tmp_path: Path, model: Path) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(f"""
+model: {{id: {model}}}
+grow:
+  operations: [{{add_layers: {{count: 1}}}}]
+data: {{source: {SENTENCES}, eval_ratio: 0.2}}
+augment: {{augmenters: ["random_swap:p=0.2"], copies: 1}}
+train: {{max_steps: 3, batch_size: 8, lr: 1.0e-3}}
+""")
+    return path
+
+
+def test_rerun_skips_finished_stages(tmp_path, tiny_checkpoints, capsys):
+    import torch
+
+    torch.set_num_threads(1)
+    recipe, out = tiny_recipe(tmp_path, tiny_checkpoints("llama")), tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "-q"]) == 0
+    first = capsys.readouterr().out
+    assert all(f"[{s}] done" in first for s in ("grow", "data", "augment", "train"))
+    assert (out / "trained" / "training_curve.png").is_file() and "## Recipe" in (out / "trained" / "README.md").read_text()
+    assert main(["run", str(recipe), "--out", str(out), "-q"]) == 0
+    second = capsys.readouterr().out
+    assert all(f"[{s}] skipped" in second for s in ("grow", "data", "augment", "train")), second
+    # a changed training setting redoes training only
+    assert main(["run", str(recipe), "--out", str(out), "train.lr=5e-4", "-q"]) == 0
+    third = capsys.readouterr().out
+    assert "[grow] skipped" in third and "[train] done" in third
+
+
+BAD = {
+    "unknown_key": ("train.lrr=1", "train.lrr: unknown key"),
+    "wrong_type": ("train.max_steps=abc", "train.max_steps: expected int, found str"),
+    "unknown_op": ("grow.operations=[{grow_wings: {}}]", "unknown operation 'grow_wings'"),
+    "bad_op_param": ("grow.operations=[{add_layers: {cnt: 1}}]", "grow.operations[0].cnt: unknown parameter"),
+    "train_without_data": ("data=null", "train needs a data section"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_recipe_is_one_line(case, tmp_path, tiny_checkpoints, capsys):
+    assert BAD
+    override, message = BAD[case]
+    recipe = tiny_recipe(tmp_path, tiny_checkpoints("llama"))
+    if case == "train_without_data":
+        recipe.write_text(recipe.read_text().replace("data: {", "#data: {").replace("augment:", "#augment:"))
+        override = "train.max_steps=3"
+    code = main(["run", str(recipe), "--out", str(tmp_path / "o"), override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_recipe_and_model(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {id: /nonexistent/model}\ngrow: {operations: [{add_layers: {count: 1}}]}\n")
+    assert main(["run", str(recipe), "--out", str(tmp_path / "o")]) == 2
+    assert "neither an existing folder" in capsys.readouterr().err

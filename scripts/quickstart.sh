@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 .venv/bin/hf-expand run recipes/quickstart.yaml --dry-run --quiet
-.venv/bin/hf-expand run recipes/quickstart.yaml --quiet
+.venv/bin/hf-expand run recipes/quickstart.yaml

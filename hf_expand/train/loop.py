@@ -237,13 +237,14 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
             last_loss = value
             loss_history.append([step, value])
             bar.update(1)
-            if a.log_every and step % a.log_every == 0:
+            if a.log_every and step % a.log_every == 0 and progress:  # -q: no per-step logs
                 rate = tokens * accelerator.num_processes / (time.perf_counter() - t0)
                 accelerator.print(f"step {step}: loss {value:.4f}, lr {scheduler.get_last_lr()[0]:.3g}, tokens/s {rate:,.0f}")
                 accelerator.log({"loss": value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate}, step=step)
             if a.eval_every and eval_dl is not None and step % a.eval_every == 0:
                 step_metrics = evaluate_model(model, eval_dl, task, accelerator)
-                accelerator.print(f"step {step}: eval {step_metrics}")
+                if progress:
+                    accelerator.print(f"step {step}: eval {step_metrics}")
                 accelerator.log({f"eval/{k}": v for k, v in step_metrics.items()}, step=step)
                 history.append({"step": step, **step_metrics})
                 model.train()

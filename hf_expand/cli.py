@@ -19,6 +19,10 @@ log = logging.getLogger("hf_expand")
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # no abbreviations: "--tok SECRET" must not be read as --token
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line instead of usage + message
         raise HfExpandError(f"{message} (see {self.prog} --help)")
 
@@ -59,7 +63,7 @@ def _number(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hf-expand", description="Grow a trained Hugging Face model with its outputs preserved.")
     parser.add_argument("--version", action="version", version=f"hf-expand {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("-q", "--quiet", action="store_true", help="only print results and errors (no logs, no progress bars)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

@@ -26,10 +26,9 @@ SCHEMA = {
     "train": {"trainable": str, "max_steps": int, "epochs": NUM, "lr": NUM, "new_lr": NUM, "weight_decay": NUM,
               "batch_size": int, "grad_accum": int, "max_length": int, "warmup_steps": int, "seed": int,
               "eval_every": int, "save_every": int, "log_every": int, "mixed_precision": str, "packing": bool},
-    "evaluate": {"data": str},
     "push": {"repo": str, "private": bool},
 }
-REQUIRED = {("model", "id")}
+REQUIRED = {("model", "id"), ("data", "source")}
 
 
 def _type_name(t) -> str:
@@ -53,7 +52,7 @@ def validate(recipe, schema=SCHEMA, path: str = "") -> None:
                 continue
             raise HfExpandError(f"recipe: {where}: expected {_type_name(want)}, found {type(value).__name__} {value!r}")
     for section, key in REQUIRED:
-        if (path == "" and section not in recipe) or (path == section and key not in recipe):
+        if (path == "" and section == "model" and section not in recipe) or (path == section and key not in recipe):
             raise HfExpandError(f"recipe: {section}.{key}: required")
 
 
@@ -67,6 +66,9 @@ def operations(recipe: dict) -> list:
         elif isinstance(entry, dict) and len(entry) == 1:
             name, params = next(iter(entry.items()))
             params = params or {}
+            if not isinstance(params, dict):
+                raise HfExpandError(f"recipe: {where}.{name}: expected a mapping of parameters "
+                                    f"(e.g. {{{name}: {{...}}}}), found {type(params).__name__} {params!r}")
         else:
             raise HfExpandError(f"recipe: {where}: expected {{operation: {{parameters}}}}, found {entry!r}")
         if name not in REGISTRY:
@@ -79,7 +81,7 @@ def operations(recipe: dict) -> list:
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
         try:
             out.append(cls(**params))
-        except TypeError as exc:
+        except (TypeError, HfExpandError) as exc:
             raise HfExpandError(f"recipe: {where}: {exc}") from None
     return out
 

@@ -22,6 +22,15 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _local(value) -> str:
+    """A local path's file names, sizes and mtimes (so an edited data file or model folder changes the key)."""
+    if not isinstance(value, str) or not Path(value).exists():
+        return ""
+    path = Path(value)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return _key([(str(f.relative_to(path) if f != path else f.name), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+
+
 class Runner:
     def __init__(self, recipe: dict, out: Path, progress: bool = True):
         self.recipe, self.out, self.progress = recipe, out, progress
@@ -38,9 +47,19 @@ class Runner:
             return output
         start = time.perf_counter()
         print(f"[{name}] running")
+        self.state.pop(name, None)  # until it finishes, this stage counts as not done
+        self.state_file.write_text(json.dumps(self.state, indent=2) + "\n")
+        tmp = output.with_name(f".{output.name}.partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        try:
+            fn(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if output.exists():
             shutil.rmtree(output) if output.is_dir() else output.unlink()
-        fn(output)
+        tmp.rename(output)
         seconds = time.perf_counter() - start
         self.state[name] = {"key": key, "seconds": seconds, "output": str(output)}
         self.state_file.write_text(json.dumps(self.state, indent=2) + "\n")
@@ -93,7 +112,7 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     r = Runner(recipe, out, progress)
     model = recipe["model"]["id"]
-    model_key = _key(model)
+    model_key = _key(model, _local(model))
     ops = operations(recipe)
     summary: dict = {}
 
@@ -114,11 +133,11 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
     data_key, train_data, eval_data = None, None, None
     if recipe.get("data"):
         d = recipe["data"]
-        data_key = _key(d)
+        data_key = _key(d, _local(d.get("source")), _local(d.get("eval")))
 
         def make_data(tmp: Path):
             tmp.mkdir(parents=True)
-            if d.get("source", "").startswith("builtin:"):
+            if str(d.get("source", "")).startswith("builtin:"):
                 from .builtin_data import BUILTIN, wordnet_lexname_glosses
 
                 if d["source"] != BUILTIN:

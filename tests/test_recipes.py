@@ -93,3 +93,37 @@ def test_missing_recipe_and_model(tmp_path, capsys):
     recipe.write_text("model: {id: /nonexistent/model}\ngrow: {operations: [{add_layers: {count: 1}}]}\n")
     assert main(["run", str(recipe), "--out", str(tmp_path / "o")]) == 2
     assert "neither an existing folder" in capsys.readouterr().err
+
+
+def test_failed_stage_is_not_reused_and_edited_data_reruns(tmp_path, tiny_checkpoints, capsys):
+    import shutil
+
+    import torch
+
+    torch.set_num_threads(1)
+    data = tmp_path / "d.txt"
+    shutil.copy(SENTENCES, data)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{id: {tiny_checkpoints('llama')}}}\ndata: {{source: {data}, eval_ratio: 0.2}}\n"
+                      f"train: {{max_steps: 2, batch_size: 8, trainable: all}}\n")
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "-q"]) == 0
+    assert main(["run", str(recipe), "--out", str(out), f"data.source={tmp_path / 'missing.txt'}", "-q"]) == 2
+    capsys.readouterr()
+    assert main(["run", str(recipe), "--out", str(out), "-q"]) == 0
+    assert "[data] done" in capsys.readouterr().out  # the failed attempt's state was not taken as done
+    data.write_text("\n".join(SENTENCES.read_text().splitlines()[:20]) + "\n")
+    assert main(["run", str(recipe), "--out", str(out), "-q"]) == 0
+    assert "[data] done" in capsys.readouterr().out  # edited data file -> the data stage reruns
+
+
+@pytest.mark.parametrize("override,message", [
+    ("grow.operations=[{widen_ffn: 1.5}]", "grow.operations[0].widen_ffn: expected a mapping"),
+    ("data={text_column: text}", "data.source: required"),
+    ("evaluate={data: x}", "evaluate: unknown key"),
+])
+def test_more_bad_recipes(override, message, tmp_path, tiny_checkpoints, capsys):
+    recipe = tiny_recipe(tmp_path, tiny_checkpoints("llama"))
+    assert main(["run", str(recipe), "--out", str(tmp_path / "o"), override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

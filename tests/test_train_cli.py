@@ -112,3 +112,53 @@ def test_resume_into_other_configuration(grown, tmp_path, capsys):
     line = one_line_error(capsys, base[:-1] + ["--batch-size", "4", "--resume"])
     assert "differs from the one in" in line and "batch_size" in line
     assert (out / "model.safetensors").is_file()  # nothing lost
+
+
+def test_abbreviated_token_flag_is_refused(grown, tmp_path, capsys):
+    """`--tok SECRET` must not be taken for --token (it would be recorded unmasked)."""
+    line = one_line_error(capsys, ["train", str(grown), "--data", str(SENTENCES), "--out", str(tmp_path / "o"),
+                                   "--max-steps", "1", "--tok", "hf_SECRET"])
+    assert "unrecognized arguments" in line and not (tmp_path / "o").exists()
+
+
+def test_out_equal_to_the_model_is_refused(grown, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "g"
+    shutil.copytree(grown, copy)
+    line = one_line_error(capsys, ["train", str(copy), "--data", str(SENTENCES), "--out", str(copy),
+                                   "--max-steps", "1", "--overwrite"])
+    assert "is MODEL or contains it" in line
+    assert (copy / "model.safetensors").is_file()
+
+
+def test_evaluate_classifier_needs_label_column(classifier, tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nthe cat sat,0\nthe dog ran,1\n")
+    line = one_line_error(capsys, ["evaluate", str(classifier), "--data", str(data), "-q"])
+    assert "--label-column" in line
+
+
+def test_added_labels_train_and_string_labels_name_a_fresh_head(tmp_path, capsys):
+    """Training a classifier grown with new labels works (the base is skipped, not crashed on); a fresh head
+    on a masked-LM checkpoint is named after string labels."""
+    from hf_expand import AddLabels
+
+    torch.set_num_threads(1)
+    tiny_classifier("llama", num_labels=3).save_pretrained(tmp_path / "c")
+    tiny_tokenizer().save_pretrained(tmp_path / "c")
+    grow_checkpoint(str(tmp_path / "c"), tmp_path / "cg", [AddLabels(labels=("new_a",))], progress=False)
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nthe cat sat,0\nthe dog ran,3\nthe bird sang,1\nthe fish swam,3\n")
+    assert main(["train", str(tmp_path / "cg"), "--data", str(data), "--label-column", "label", "--out",
+                 str(tmp_path / "t"), "--max-steps", "2", "--eval-ratio", "0.5", "-q"]) == 0
+    record = json.loads((tmp_path / "t" / "hf_expand_growth.json").read_text())
+    assert "base_skipped" in record["training"]["metrics"]
+    tiny_model("bert").save_pretrained(tmp_path / "b")
+    tiny_tokenizer().save_pretrained(tmp_path / "b")
+    words = tmp_path / "w.csv"
+    words.write_text("text,label\nthe cat sat,pos\nthe dog ran,neg\nthe bird sang,pos\n")
+    assert main(["train", str(tmp_path / "b"), "--data", str(words), "--label-column", "label", "--task",
+                 "classification", "--trainable", "all", "--out", str(tmp_path / "s"), "--max-steps", "2", "-q"]) == 0
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == ["neg", "pos"]

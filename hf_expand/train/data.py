@@ -63,14 +63,15 @@ def check_columns(ds, text_column: str, label_column: str | None, where: str) ->
             raise HfExpandError(f"column {col!r} not found in {where}; columns: {', '.join(ds.column_names)}")
 
 
-def count_labels(ds, label_column: str | None) -> int | None:
-    """Labels a fresh head needs for this data: max int label + 1, or the number of distinct strings."""
+def count_labels(ds, label_column: str | None):
+    """Labels a fresh head needs for this data: max int label + 1, or the sorted distinct strings."""
     if not label_column or label_column not in ds.column_names:
         return None
     values = [v for v in ds[label_column] if v is not None]
     if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         return max(values) + 1 if min(values) >= 0 else None
-    return len(set(map(str, values))) or None
+    names = sorted(set(map(str, values)))
+    return names or None
 
 
 def label_ids(ds, label_column: str, config) -> list[int]:

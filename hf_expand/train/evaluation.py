@@ -16,6 +16,10 @@ def evaluate_checkpoint(model_path: str, data: str, text_column: str = "text", l
     torch.manual_seed(seed)
     a = TrainArgs(model=model_path, data=data, out="", text_column=text_column, label_column=label_column, task=task)
     model, tokenizer, _, task, _ = load_for_training(a)
+    if task == "classification" and not label_column:
+        from ..errors import HfExpandError
+
+        raise HfExpandError("evaluating a classifier needs --label-column (the column with the true labels)")
     ds, _ = D.load_splits(data, None, None, seed)
     D.check_columns(ds, text_column, label_column if task == "classification" else None, data)
     tokens = D.tokenize(ds, tokenizer, task, text_column, label_column, model.config, max_length)

@@ -80,7 +80,12 @@ def _check_args(a: TrainArgs) -> None:
 
 def _prepare_out(a: TrainArgs, resume: bool, overwrite: bool) -> Path | None:
     """Validate the output folder; returns the checkpoint to resume from (or None)."""
-    out = Path(a.out)
+    out = Path(a.out).resolve()
+    for what, src in (("MODEL", a.model), ("--data", a.data), ("--eval-data", a.eval_data)):
+        if src and Path(src).exists():
+            source = Path(src).resolve()
+            if out == source or out in source.parents:
+                raise HfExpandError(f"--out {out} is {what} or contains it; choose another --out")
     if resume:
         args_file = out / ARGS_FILE
         if not args_file.is_file():
@@ -98,7 +103,7 @@ def _prepare_out(a: TrainArgs, resume: bool, overwrite: bool) -> Path | None:
     return None
 
 
-def load_for_training(a: TrainArgs, num_labels: int | None = None):
+def load_for_training(a: TrainArgs, num_labels=None):
     """(model, tokenizer, growth record or None, task, names of freshly created head parameters)."""
     import torch
     import transformers
@@ -117,7 +122,11 @@ def load_for_training(a: TrainArgs, num_labels: int | None = None):
            "classification": transformers.AutoModelForSequenceClassification}[task]
     kwargs = {}
     if task == "classification" and auto_class_for(config) is not transformers.AutoModelForSequenceClassification:
-        kwargs["num_labels"] = num_labels or config.num_labels  # a fresh head on a bare encoder, sized by the data
+        if isinstance(num_labels, list):  # string labels: the fresh head is named after them
+            kwargs.update(num_labels=len(num_labels), id2label=dict(enumerate(num_labels)),
+                          label2id={n: i for i, n in enumerate(num_labels)})
+        else:
+            kwargs["num_labels"] = num_labels or config.num_labels  # a fresh head on a bare encoder, sized by the data
     record_path = Path(a.model) / RECORD_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     try:
@@ -347,13 +356,21 @@ def _growth_metrics(a: TrainArgs, model, tokenizer, record, task, head, ds, acce
     if not source or head or not (Path(source).is_dir() and (Path(source) / "config.json").is_file()):
         out["base_skipped"] = ("a task head is created for training" if head else "no local base model in the record")
         return out
+    grown_ops = {o.get("op") for o in (record or {}).get("operations") or []}
+    if grown_ops & {"add_labels", "add_tokens"}:
+        out["base_skipped"] = "the base cannot read the grown label/token ids of this data"
+        return out
     cls = type(model)
     try:
         base = cls.from_pretrained(source)
     except Exception as exc:  # noqa: BLE001
         out["base_skipped"] = f"base not loadable as {cls.__name__}: {str(exc).splitlines()[0]}"
         return out
-    out["base"] = _plain_eval(base, tokenizer, task, ds, a.seed)
+    try:
+        out["base"] = _plain_eval(base, tokenizer, task, ds, a.seed)
+    except (IndexError, RuntimeError) as exc:  # ids the base does not have
+        out["base_skipped"] = f"base could not be evaluated on this data: {str(exc).splitlines()[0]}"
+        return out
     for key, value in out["base"].items():
         grown = out["grown"][key]
         if not (math.isclose(value, grown, rel_tol=1e-4, abs_tol=1e-6) or (math.isnan(value) and math.isnan(grown))):

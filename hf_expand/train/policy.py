@@ -152,7 +152,8 @@ def build_optimizer(model, plan: TrainablePlan, lr: float, weight_decay: float =
     for name, mode in plan.modes.items():
         if not params[name].requires_grad:
             continue
-        is_new = plan.policy != "all" and mode in ("full", "partial")
+        # new capacity (grown tensors/slices, fresh heads) gets new_lr; LoRA adapters and `all` get lr
+        is_new = plan.policy != "all" and mode in ("full", "partial") and "lora_" not in name
         (new if is_new else other).append(params[name])
     groups = []
     if other:

@@ -132,7 +132,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(grown_llama, tmp_path):
     weights of an uninterrupted run with the same seed."""
     import shutil
 
-    run(grown_llama, tmp_path / "straight", max_steps=12, save_every=4)
+    straight = run(grown_llama, tmp_path / "straight", max_steps=12, save_every=4)
     run(grown_llama, tmp_path / "killed", max_steps=12, save_every=4)
     killed = tmp_path / "killed"
     for f in killed.iterdir():  # keep only what existed right after the step-4 checkpoint
@@ -143,6 +143,8 @@ def test_resume_ends_where_an_uninterrupted_run_ends(grown_llama, tmp_path):
     section = train(TrainArgs(model=str(grown_llama), data=str(SENTENCES), out=str(killed), max_steps=12, lr=1e-2,
                               weight_decay=0.1, batch_size=8, log_every=0, save_every=4), resume=True, progress=False)
     assert section["steps"] == 12
+    # the resumed run reports the whole run's curve, not just the resumed steps
+    assert len(section["loss_history"]) == 12 and section["first_loss"] == straight["first_loss"]
     a, b = weights(tmp_path / "straight"), weights(killed)
     assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-6
 

@@ -220,6 +220,9 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
     epoch = step // per_epoch
     history = []
     loss_history: list = []
+    if resume_from is not None and (resume_from / "hf_expand_logs.json").is_file():
+        logs = json.loads((resume_from / "hf_expand_logs.json").read_text())
+        loss_history, history = logs.get("loss_history", []), logs.get("eval_history", [])
     probe_batch = None
     loop_start, start_step = time.perf_counter(), step
     while step < total:
@@ -242,7 +245,7 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
                 continue
             step += 1
             value = accelerator.gather(loss.detach().float().reshape(1)).mean().item()
-            first_loss = value if first_loss is None else first_loss
+            first_loss = (loss_history[0][1] if loss_history else value) if first_loss is None else first_loss
             last_loss = value
             loss_history.append([step, value])
             bar.update(1)
@@ -258,7 +261,7 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
                 history.append({"step": step, **step_metrics})
                 model.train()
             if a.save_every and step % a.save_every == 0:
-                _checkpoint(accelerator, out, step)
+                _checkpoint(accelerator, out, step, {"loss_history": loss_history, "eval_history": history})
             if step >= total:
                 break
         epoch += 1
@@ -315,13 +318,15 @@ def _augmentation_summary(data: str) -> str | None:
         " | ".join(info.get("summary", []))
 
 
-def _checkpoint(accelerator, out: Path, step: int) -> None:
+def _checkpoint(accelerator, out: Path, step: int, logs: dict) -> None:
     """``save_state`` into a hidden folder, renamed once complete: a kill mid-save leaves no half checkpoint
     for ``--resume`` to pick up (it only looks at ``step-*``)."""
     import os
 
     partial = out / CHECKPOINTS / f".step-{step}.partial"
     accelerator.save_state(str(partial))
+    if accelerator.is_main_process:  # the curve so far, so a resumed run reports the whole run
+        (partial / "hf_expand_logs.json").write_text(json.dumps(logs))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         os.replace(partial, out / CHECKPOINTS / f"step-{step}")

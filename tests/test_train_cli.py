@@ -162,3 +162,11 @@ def test_added_labels_train_and_string_labels_name_a_fresh_head(tmp_path, capsys
                  "classification", "--trainable", "all", "--out", str(tmp_path / "s"), "--max-steps", "2", "-q"]) == 0
     config = json.loads((tmp_path / "s" / "config.json").read_text())
     assert sorted(config["id2label"].values()) == ["neg", "pos"]
+
+
+def test_label_column_on_a_language_model_needs_task(grown, tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nthe cat sat,0\nthe dog ran,1\n")
+    line = one_line_error(capsys, ["train", str(grown), "--data", str(data), "--label-column", "label",
+                                   "--out", str(tmp_path / "o"), "--max-steps", "1", "-q"])
+    assert "--task classification" in line

@@ -10,6 +10,9 @@ TASKS = ("causal-lm", "masked-lm", "classification")
 def task_of(config, label_column: str | None) -> str:
     """The task a model's head implies (a bare encoder + --label-column means classification)."""
     arch = (getattr(config, "architectures", None) or [""])[0]
+    if label_column and arch.endswith(("ForCausalLM", "ForMaskedLM")):
+        raise HfExpandError(f"--label-column given, but {arch} is a language model; pass --task classification to "
+                            f"train a classification head on it, or drop --label-column")
     if arch.endswith("ForCausalLM"):
         return "causal-lm"
     if arch.endswith("ForMaskedLM"):

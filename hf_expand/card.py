@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .grow import RECORD_FILE
 from .model_io import _is_hub_id
 
 # architecture suffix -> (pipeline tag, the Auto class that loads it)
@@ -65,7 +66,8 @@ def build_card(folder: str | Path, repo_id: str | None = None):
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     folder = Path(folder)
-    record = json.loads((folder / "hf_expand_growth.json").read_text()) if (folder / "hf_expand_growth.json").is_file() else {}
+    record_path = folder / RECORD_FILE
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     config = json.loads((folder / "config.json").read_text())
     training = record.get("training") or {}
     parent = parent_repo(record)

@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("repo_id", help="namespace/name")
     _push_flags(pu)
 
-    rn = sub.add_parser("run", parents=[common], help="run a recipe: grow -> data -> augment -> train -> evaluate -> push")
+    rn = sub.add_parser("run", parents=[common], help="run a recipe: grow -> data -> augment -> train (with evaluation) -> push")
     rn.add_argument("recipe", help="recipe YAML (see recipes/)")
     rn.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe values")
     rn.add_argument("--out", help="run folder (default: the recipe's out, else runs/<recipe name>)")

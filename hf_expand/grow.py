@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import platform
-import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path

@@ -11,8 +11,7 @@ import json
 from pathlib import Path
 
 from .errors import HfExpandError
-
-RECORD_FILE = "hf_expand_growth.json"
+from .grow import RECORD_FILE
 
 
 def _one_line(exc: Exception, token: str | None) -> str:
@@ -25,7 +24,7 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     """Refresh the card, create ``repo_id`` if needed and upload ``folder`` in one commit; return the commit
     URL (or a note that nothing changed). The local folder is not modified unless the push succeeds (then
     its record notes ``pushed_to`` so later growth/training can name it as parent)."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     from .card import build_card
@@ -52,7 +51,6 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
         if revision and revision != "main" and not create_pr:
             api.create_branch(repo_id, branch=revision, exist_ok=True)  # a new branch starts from main
         head = api.model_info(repo_id, revision=revision).sha
-        from huggingface_hub import CommitOperationAdd
 
         # The refreshed card and the record (noting this repo) go up from memory; the local folder is
         # rewritten only after the commit succeeded.

@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 
 from .errors import HfExpandError
+from .grow import RECORD_FILE
+from .signature import path_signature
 
 log = logging.getLogger("hf_expand")
 STAGES = ("grow", "data", "augment", "train", "evaluate", "push")
@@ -21,14 +23,6 @@ STAGES = ("grow", "data", "augment", "train", "evaluate", "push")
 def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-
-def _local(value) -> str:
-    """A local path's file names, sizes and mtimes (so an edited data file or model folder changes the key)."""
-    if not isinstance(value, str) or not Path(value).exists():
-        return ""
-    path = Path(value)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return _key([(str(f.relative_to(path) if f != path else f.name), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
 
 
 class Runner:
@@ -112,7 +106,7 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     r = Runner(recipe, out, progress)
     model = recipe["model"]["id"]
-    model_key = _key(model, _local(model))
+    model_key = _key(model, path_signature(model))
     ops = operations(recipe)
     summary: dict = {}
 
@@ -133,7 +127,7 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
     data_key, train_data, eval_data = None, None, None
     if recipe.get("data"):
         d = recipe["data"]
-        data_key = _key(d, _local(d.get("source")), _local(d.get("eval")))
+        data_key = _key(d, path_signature(d.get("source")), path_signature(d.get("eval")))
 
         def make_data(tmp: Path):
             tmp.mkdir(parents=True)
@@ -204,7 +198,8 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
         model = str(r.stage("train", key, out / "trained", do_train))
         model_key = key
 
-    result = json.loads((Path(model) / "hf_expand_growth.json").read_text()) if (Path(model) / "hf_expand_growth.json").is_file() else {}
+    record_path = Path(model) / RECORD_FILE
+    result = json.loads(record_path.read_text()) if record_path.is_file() else {}
     if recipe.get("push"):
         from .hub import push_folder
 

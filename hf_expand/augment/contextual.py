@@ -54,9 +54,8 @@ def check_max_length(model, max_length: int, where: str) -> None:
                             f"use max_length<={limit}")
 
 
-def whole_word_ids(tokenizer) -> np.ndarray:
-    """Boolean mask over the vocabulary: tokens that are a whole alphabetic word on their own."""
-    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+def whole_word_ids(tokenizer, vocab: list[str]) -> np.ndarray:
+    """Boolean mask over ``vocab`` (the tokenizer's tokens by id): tokens that are a whole alphabetic word."""
     special = set(tokenizer.all_special_tokens)
     wordpiece = any(t.startswith("##") for t in vocab if t)
     ok = np.zeros(len(vocab), dtype=bool)
@@ -88,8 +87,8 @@ class ContextualAugmenter:
         if self.tokenizer.mask_token_id is None:
             raise HfExpandError(f"{p['model']!r} has no mask token; contextual needs a masked LM (BERT, RoBERTa, ...)")
         check_max_length(self.model, p["max_length"], "contextual")
-        self.allowed = torch.from_numpy(whole_word_ids(self.tokenizer))
         self.vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        self.allowed = torch.from_numpy(whole_word_ids(self.tokenizer, self.vocab))
 
     def _choose(self, text: str, rng: np.random.Generator):
         """Split into pieces (words and spaces) and pick which word pieces to mask."""

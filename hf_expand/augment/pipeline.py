@@ -15,11 +15,11 @@ import hashlib
 import os
 import random
 import sys
-import time
 
 from .. import __version__
 from ..errors import HfExpandError
 from .registry import AUGMENTERS, resolve
+from ..signature import path_signature
 from .specs import AugmenterSpec
 
 SOURCE_INDEX, IS_AUGMENTED = "source_index", "is_augmented"
@@ -31,16 +31,9 @@ _threads_limited = False
 
 
 def model_signature(spec: AugmenterSpec) -> str:
-    """What the spec's local model folders hold (names, sizes, mtimes), so that re-saving a model under the
-    same path changes the cache key and the dataset fingerprint. Hub ids are taken as given."""
-    parts = []
-    for _, value in spec.params:
-        if isinstance(value, str) and os.path.isdir(value):
-            for root, _, files in sorted(os.walk(value)):
-                for name in sorted(files):
-                    st = os.stat(os.path.join(root, name))
-                    parts.append(f"{os.path.relpath(os.path.join(root, name), value)}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest() if parts else ""
+    """What the spec's local model folders hold, so that re-saving a model under the same path changes the
+    cache key and the dataset fingerprint. Hub ids are taken as given."""
+    return "".join(path_signature(value) for _, value in spec.params if isinstance(value, str) and os.path.isdir(value))
 
 
 def backend(spec: AugmenterSpec, signature: str | None = None):
@@ -269,9 +262,3 @@ def split_by_source(dataset, test_size: float = 0.1, seed: int = 0):
         "test": dataset.select([k for k, t in enumerate(is_test) if t]),
     })
 
-
-def timed_augment(data, *args, **kwargs):
-    """:func:`augment_dataset` plus wall time in seconds."""
-    start = time.perf_counter()
-    out = augment_dataset(data, *args, **kwargs)
-    return out, time.perf_counter() - start

@@ -111,9 +111,10 @@ def load_for_training(a: TrainArgs, num_labels=None):
 
     from ..grow import RECORD_FILE
     from ..model_io import auto_class_for, load_config
+    from .data import task_of
 
     config = load_config(a.model)
-    task = a.task or __import__("hf_expand.train.data", fromlist=["task_of"]).task_of(config, a.label_column)
+    task = a.task or task_of(config, a.label_column)
     try:
         tokenizer = AutoTokenizer.from_pretrained(a.model)
     except Exception:  # noqa: BLE001
@@ -352,8 +353,6 @@ def _growth_metrics(a: TrainArgs, model, tokenizer, record, task, head, ds, acce
     """Metrics of the grown model before training and of its base; growth must not have changed them."""
     import math
 
-    import transformers
-
     from ..errors import PreservationError
 
     out = {"grown": _plain_eval(model, tokenizer, task, ds, a.seed)}
@@ -382,7 +381,6 @@ def _growth_metrics(a: TrainArgs, model, tokenizer, record, task, head, ds, acce
             raise PreservationError(f"growth check failed: {key} of the grown model {grown:.6g} != base {value:.6g}; "
                                     f"the grown checkpoint does not reproduce its base")
     accelerator.print(f"growth check: grown model metrics equal the base's ({out['base']})")
-    del base, transformers
     return out
 
 

@@ -4,6 +4,7 @@ the Hub's versions instead."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from ..errors import HfExpandError
@@ -12,6 +13,7 @@ MODULES = Path(__file__).parent / "metric_modules"
 METRICS = ("accuracy", "f1", "perplexity")
 
 
+@functools.lru_cache(maxsize=None)  # evaluate.load reads and imports the module: once per process is enough
 def load_metric(name: str, hub: bool = False):
     import evaluate
 

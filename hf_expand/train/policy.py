@@ -104,31 +104,43 @@ def apply_masks(model, plan: TrainablePlan) -> list:
         mode = plan.modes.get(name, "frozen")
         p.requires_grad_(mode in ("full", "partial"))
         if mode == "partial":
-            mask = plan.masks[name].to(p.device)
-            handles.append(p.register_hook(lambda g, m=mask: torch.where(m, g, torch.zeros_like(g))))
+            handles.append(p.register_hook(_ZeroOld(plan.masks[name])))
     return handles
+
+
+class _ZeroOld:
+    """Gradient hook: exact zeros at the old entries. The mask follows the gradient's device once (the model
+    may move after the hooks are installed, e.g. by ``accelerator.prepare``)."""
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        if self.mask.device != grad.device:
+            self.mask = self.mask.to(grad.device)
+        return torch.where(self.mask, grad, torch.zeros_like(grad))
 
 
 class MaskedAdamW(torch.optim.AdamW):
     """AdamW whose decoupled weight decay touches only the new entries of partly-new tensors.
 
-    ``masks`` maps parameters (the tensors themselves) to boolean masks of their new entries. Those
+    ``groups``: parameter groups (dicts with ``params``); ``masks`` maps parameters (the tensors
+    themselves) to boolean masks of their new entries. Those
     parameters' groups run AdamW with ``weight_decay=0``; the decay is applied here, masked, first (as
     AdamW does: ``p -= lr * wd * p`` before the Adam step).
     """
 
-    def __init__(self, params, masks: dict, **kwargs):
-        self._decay = {}
-        groups = []
-        wd = kwargs.get("weight_decay", 1e-2)
-        for group in (params if isinstance(params, list) and params and isinstance(params[0], dict) else [{"params": list(params)}]):
+    def __init__(self, groups: list[dict], masks: dict, **kwargs):
+        split = []
+        for group in groups:  # each group splits into its plain and its masked parameters
             plain = [p for p in group["params"] if p not in masks]
             masked = [p for p in group["params"] if p in masks]
             if plain:
-                groups.append({**group, "params": plain})
+                split.append({**group, "params": plain})
             if masked:
-                groups.append({**group, "params": masked, "weight_decay": 0.0, "masked_decay": group.get("weight_decay", wd)})
-        super().__init__(groups, **kwargs)
+                decay = group.get("weight_decay", kwargs.get("weight_decay", 1e-2))
+                split.append({**group, "params": masked, "weight_decay": 0.0, "masked_decay": decay})
+        super().__init__(split, **kwargs)
         self.masks = masks
 
     @torch.no_grad()
@@ -138,7 +150,9 @@ class MaskedAdamW(torch.optim.AdamW):
             if decay:
                 for p in group["params"]:
                     if p.grad is not None:
-                        m = self.masks[p].to(p.device)
+                        if self.masks[p].device != p.device:  # moved once, not every step
+                            self.masks[p] = self.masks[p].to(p.device)
+                        m = self.masks[p]
                         p.sub_(torch.where(m, p * (group["lr"] * decay), torch.zeros_like(p)))
         return super().step(closure)
 

@@ -7,7 +7,8 @@ Python API::
     print(report.max_abs_diff)
 
 Operations (applied in this order whatever order they are given in): ``WidenHidden``, ``AddHeads``,
-``WidenFFN``, ``AddLayers``, ``AddLabels``, ``AddTokens``.
+``WidenFFN``, ``AddLayers``, ``DepthUpscale`` (SOLAR, not function-preserving: its difference is
+recorded), ``AddLabels``, ``AddTokens``.
 """
 
 __version__ = "0.1.0"
@@ -17,6 +18,7 @@ from .ops.add_heads import AddHeads  # noqa: E402
 from .ops.add_labels import AddLabels  # noqa: E402
 from .ops.add_layers import AddLayers  # noqa: E402
 from .ops.add_tokens import AddTokens  # noqa: E402
+from .ops.depth_upscale import DepthUpscale  # noqa: E402
 from .ops.widen_ffn import WidenFFN  # noqa: E402
 from .ops.widen_hidden import WidenHidden  # noqa: E402
 from .grow import GrowthReport, grow_checkpoint, grow_model, plan_growth, read_record  # noqa: E402
@@ -26,6 +28,7 @@ __all__ = [
     "AddLabels",
     "AddLayers",
     "AddTokens",
+    "DepthUpscale",
     "WidenHidden",
     "GrowthReport",
     "HfExpandError",

@@ -89,18 +89,24 @@ def build_card(folder: str | Path, repo_id: str | None = None):
     )
     lines = [f"# {name}", ""]
     origin = parent or record.get("source") or "an unknown base"
+    v = record.get("verification") or {}
+    preserving = v.get("function_preserving", True)
+    against = "the base" if v.get("compared_with", "base") == "base" else v["compared_with"]
     lines += [f"Grown from [`{origin}`](https://huggingface.co/{origin})" if parent else f"Grown from `{origin}`",
               "with hf_expand (function-preserving growth: at the moment of growth the model's",
-              "outputs equal the base model's, measured below).", ""]
+              "outputs equal the base model's, measured below)." if preserving else
+              "with hf_expand. **Not function-preserving**: "
+              + ", ".join(f"`{d['op']}` changed the outputs by {_fmt(d['max_abs_diff'])}" for d in v.get("recorded_differences") or [])
+              + " (recorded, not enforced; by design, continued training is expected to recover them).", ""]
     if ops:
         lines += ["## Growth", "", "| operation | change | parameters before | parameters after | max abs diff (fp32) |",
                   "| --- | --- | ---: | ---: | ---: |"]
-        lines += [f"| {o['op']} | {o['summary']} | {o['params_before']:,} | {o['params_after']:,} | {_fmt(o['max_abs_diff'])} |"
+        lines += [f"| {o['op']} | {o['summary']} | {o['params_before']:,} | {o['params_after']:,} | "
+                  f"{_fmt(o['max_abs_diff'])}{'' if o.get('preserving', True) else ' (recorded, not preserving)'} |"
                   for o in ops]
-        v = record.get("verification") or {}
         lines += ["", "## Preservation evidence", "",
-                  f"- Reloaded from disk with stock `transformers` and compared with the base on probe inputs "
-                  f"({record.get('probes') or 'random ids'}): max |base - grown| = {_fmt(v.get('reloaded_max_abs_diff'))} "
+                  f"- Reloaded from disk with stock `transformers` and compared with {against} on probe inputs "
+                  f"({record.get('probes') or 'random ids'}): max |difference| = {_fmt(v.get('reloaded_max_abs_diff'))} "
                   f"(tolerance {_fmt(record.get('tolerance'))}, dtype {record.get('dtype', 'float32')}).",
                   f"- New tensor slices recorded: {len(record.get('new_slices') or {})} tensors "
                   f"(`hf_expand_growth.json`, `new_slices`).", ""]
@@ -122,6 +128,16 @@ def build_card(folder: str | Path, repo_id: str | None = None):
     else:
         lines += ["## Training", "", "Not trained after growth: the new capacity is initialised so that outputs are "
                   "unchanged; train it with `hf-expand train`.", ""]
+    evaluation = record.get("evaluation")
+    if evaluation and evaluation.get("metrics"):
+        names = list(evaluation["metrics"])
+        keys = sorted({k for m in evaluation["metrics"].values() for k in m})
+        fresh = set(evaluation.get("fresh_head") or [])
+        lines += ["## Held-out evaluation", "",
+                  f"{evaluation.get('rows')} rows of {evaluation.get('data')}"
+                  + (f"; {', '.join(sorted(fresh))}: a seeded untrained head (the base has none)" if fresh else "") + ".", "",
+                  "| metric | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names),
+                  *[f"| {k} | " + " | ".join(_fmt(evaluation["metrics"][n].get(k)) for n in names) + " |" for k in keys], ""]
     auto = _head(config)[1]
     lines += ["## How to load", "", "```python", f"from transformers import {auto}, AutoTokenizer", "",
               f'model = {auto}.from_pretrained("{name}")', f'tokenizer = AutoTokenizer.from_pretrained("{name}")',

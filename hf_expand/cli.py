@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--add-layers", type=_number, metavar="N", help="add N identity layers")
     g.add_argument("--placement", default="interleave",
                    help="where new layers go: interleave (default, LLaMA Pro), top, bottom, or indices i,j,... in the grown model")
+    g.add_argument("--depth-upscale", metavar="M|a:b,c:d",
+                   help="SOLAR depth up-scaling, NOT function-preserving (the difference is recorded): two copies of the "
+                        "stack with M layers dropped at the seam (SOLAR: 8 on 32 layers -> 48), or base layer ranges a:b,c:d")
     g.add_argument("--init", default="zero", choices=["zero", "split"],
                    help="FFN init: zero (new output columns zero, default) or split (Net2Net)")
     g.add_argument("--widen-hidden", type=_number, metavar="K",
@@ -242,6 +245,11 @@ def _operations(args) -> list:
                 raise HfExpandError(f"--add-layers must be a whole number, got {count:g}")
             count = int(count)
         ops.append(AddLayers(count=count, placement=args.placement))
+    if args.depth_upscale is not None:
+        from .ops.depth_upscale import DepthUpscale
+
+        spec = args.depth_upscale.strip()
+        ops.append(DepthUpscale(trim=int(spec)) if spec.isdigit() else DepthUpscale(ranges=spec))
     if args.add_labels is not None:
         ops.append(AddLabels(parse_list(args.add_labels, "--add-labels")))
     tokens = _read_tokens(args)
@@ -253,7 +261,7 @@ def _operations(args) -> list:
         raise HfExpandError("--init applies to FFN widening; add --widen-ffn F or --ffn-size N")
     if not ops:
         raise HfExpandError(
-            "nothing to grow: pass one or more of --widen-ffn F, --ffn-size N, --add-layers N, --widen-hidden K, "
+            "nothing to grow: pass one or more of --widen-ffn F, --ffn-size N, --add-layers N, --depth-upscale M, --widen-hidden K, "
             "--add-heads N, --add-labels A,B, --add-tokens T1,T2 / --add-tokens-file FILE"
         )
     return ops
@@ -287,10 +295,12 @@ def cmd_grow(args) -> int:
         progress=not args.quiet,
     )
     for o in report.operations:
-        print(f"{o.op}: {o.summary}; params {o.params_before:,} -> {o.params_after:,}; max|diff| {o.max_abs_diff:.3g}")
+        print(f"{o.op}: {o.summary}; params {o.params_before:,} -> {o.params_after:,}; max|diff| {o.max_abs_diff:.3g}"
+              + ("" if o.preserving else " (recorded, not enforced: not function-preserving)"))
         for note in o.notes:
             print(f"  note: {note}")
-    print(f"wrote {args.out} (reloaded max|diff| {report.reloaded_max_abs_diff:.3g}, tolerance {report.tolerance:g})")
+    against = "" if report.preserving else f" vs {report.reference}"
+    print(f"wrote {args.out} (reloaded max|diff|{against} {report.reloaded_max_abs_diff:.3g}, tolerance {report.tolerance:g})")
     if args.push_to:
         _push(args, args.out)
     return 0

@@ -50,6 +50,7 @@ class OpReport:
     max_abs_diff: float | None = None
     notes: list[str] = field(default_factory=list)
     measures: dict[str, Any] = field(default_factory=dict)
+    preserving: bool = True  # False: the difference is recorded, not enforced (depth_upscale)
 
 
 @dataclass
@@ -64,14 +65,28 @@ class GrowthReport:
     modified: dict[str, list[dict]] = field(default_factory=dict)
     reloaded_max_abs_diff: float | None = None
     excluded_outputs: list[tuple[int, int]] = field(default_factory=list)  # reassigned output columns
+    # What the grown model is held to: the base, or the model right after the last non-preserving operation
+    reference: str = "base"
     tokenizer: Any = None  # the grown tokenizer when tokens were added (not part of the record)
+    reference_outputs: Any = None  # outputs of the reference on the probes (not part of the record)
+
+    @property
+    def preserving(self) -> bool:
+        return all(o.preserving for o in self.operations)
 
     @property
     def max_abs_diff(self) -> float:
-        diffs = [o.max_abs_diff for o in self.operations if o.max_abs_diff is not None]
+        """The largest difference that preservation was checked against (non-preserving operations'
+        recorded differences are in ``recorded_differences``)."""
+        diffs = [o.max_abs_diff for o in self.operations if o.max_abs_diff is not None and o.preserving]
         if self.reloaded_max_abs_diff is not None:
             diffs.append(self.reloaded_max_abs_diff)
         return max(diffs, default=0.0)
+
+    @property
+    def recorded_differences(self) -> list[dict[str, Any]]:
+        """Non-preserving operations and how much each changed the outputs (recorded, not enforced)."""
+        return [{"op": o.op, "max_abs_diff": o.max_abs_diff} for o in self.operations if not o.preserving]
 
     def to_record(self, **extra) -> dict[str, Any]:
         return {
@@ -82,7 +97,13 @@ class GrowthReport:
             "tolerance": self.tolerance,
             "probes": self.probes,
             "operations": [asdict(o) for o in self.operations],
-            "verification": {"max_abs_diff": self.max_abs_diff, "reloaded_max_abs_diff": self.reloaded_max_abs_diff},
+            "verification": {
+                "max_abs_diff": self.max_abs_diff,
+                "reloaded_max_abs_diff": self.reloaded_max_abs_diff,
+                "compared_with": self.reference,
+                "function_preserving": self.preserving,
+                "recorded_differences": self.recorded_differences,
+            },
             "new_slices": self.new_slices,
             "modified": self.modified,
             "versions": {
@@ -140,7 +161,9 @@ def grow_model(
 
     Each operation is planned from the current config, executed on the state dict, and verified
     against the base model's outputs on ``probes`` (fp32). Above ``tolerance`` it raises
-    :class:`PreservationError` unless ``accept_difference``. ``base_outputs`` (the base model's
+    :class:`PreservationError` unless ``accept_difference``. A non-preserving operation
+    (``depth_upscale``) has its difference recorded instead, and the operations after it are held to
+    the model it produced (``report.reference``). ``base_outputs`` (the base model's
     ``outputs`` on ``probes``) may be passed when the caller already has them. The input model is cast to float32 in
     place (growth maths runs in fp32); its values are not changed.
     """
@@ -151,6 +174,7 @@ def grow_model(
     probes = probes or make_probes(model.config, seed=seed, vocab_limit=probe_vocab_limit(operations))
     base_out = base_outputs if base_outputs is not None else outputs(model, probes)
     report = GrowthReport([], seed, tolerance, probes.description)
+    ref_out = base_out  # what the next operation must reproduce
     current = model
     for op in sort_operations(operations):
         layout = describe(current.config, type(model))
@@ -161,11 +185,12 @@ def grow_model(
         grown_out = outputs(grown, probes)
         if plan.new_outputs is not None and plan.new_outputs[0] < base_out[0].shape[-1]:
             report.excluded_outputs.append(plan.new_outputs)  # old (unused) columns given a new meaning
-        diff = max_abs_diff(base_out, grown_out, probes, report.excluded_outputs)
+        diff = max_abs_diff(ref_out, grown_out, probes, report.excluded_outputs)
         op_report = OpReport(plan.op, plan.params, plan.summary, plan.config_updates,
-                             current.num_parameters(), grown.num_parameters(), diff, list(plan.notes))
+                             current.num_parameters(), grown.num_parameters(), diff, list(plan.notes),
+                             preserving=plan.preserving)
         if plan.new_outputs is not None:
-            op_report.measures = new_output_measures(base_out, grown_out, probes, plan.new_outputs)
+            op_report.measures = new_output_measures(ref_out, grown_out, probes, plan.new_outputs)
             op_report.notes.append(
                 f"new outputs take {op_report.measures['new_probability_mass']:.3%} of the probability mass on the probe "
                 f"inputs; predictions changed at {op_report.measures['predictions_changed']} of "
@@ -174,10 +199,13 @@ def grow_model(
         report.operations.append(op_report)
         if "tokenizer" in plan.extra_files:
             report.tokenizer = plan.extra_files["tokenizer"]
-        log.info("%s: %s; max |base - grown| = %.3g", plan.op, plan.summary, diff)
+        log.info("%s: %s; max |before - after| = %.3g%s", plan.op, plan.summary, diff,
+                 "" if plan.preserving else " (recorded: not function-preserving)")
         for note in op_report.notes:
             log.info("  %s", note)
-        if diff > tolerance and not accept_difference:
+        if not plan.preserving:
+            ref_out, report.reference = grown_out, f"the model right after {plan.op}"
+        elif diff > tolerance and not accept_difference:
             raise PreservationError(
                 f"{plan.op} changed the outputs by {diff:.3g} (> tolerance {tolerance:g}); nothing was written. "
                 "Pass --accept-difference to keep it anyway, or report this as a bug"
@@ -187,6 +215,7 @@ def grow_model(
         current = grown
     # A tensor that is new as a whole is not "modified": it had no old values.
     report.modified = {k: v for k, v in report.modified.items() if report.new_slices.get(k) != [WHOLE]}
+    report.reference_outputs = ref_out
     return current, report
 
 
@@ -229,11 +258,12 @@ def grow_checkpoint(
             copied = sorted(set(copied) | {"tokenizer"})
         # The evidence that counts: the folder as written, loaded by stock transformers.
         reloaded = auto_class_for(grown.config).from_pretrained(tmp, dtype=torch.float32)
-        report.reloaded_max_abs_diff = max_abs_diff(base_out, outputs(reloaded, probes), probes, report.excluded_outputs)
-        log.info("reloaded from disk: max |base - grown| = %.3g", report.reloaded_max_abs_diff)
+        report.reloaded_max_abs_diff = max_abs_diff(report.reference_outputs, outputs(reloaded, probes), probes,
+                                                    report.excluded_outputs)
+        log.info("reloaded from disk: max |%s - saved| = %.3g", report.reference, report.reloaded_max_abs_diff)
         if report.reloaded_max_abs_diff > report.tolerance and not accept_difference:
             raise PreservationError(
-                f"the saved model's outputs differ from the base by {report.reloaded_max_abs_diff:.3g} "
+                f"the saved model's outputs differ from {report.reference} by {report.reloaded_max_abs_diff:.3g} "
                 f"(> tolerance {report.tolerance:g}); nothing was written"
             )
         record = report.to_record(

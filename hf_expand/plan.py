@@ -168,6 +168,8 @@ class Plan:
     # (start, stop) of new entries on the last axis of the model's main output (new labels, new tokens)
     new_outputs: tuple[int, int] | None = None
     extra_files: dict[str, Any] = field(default_factory=dict)  # e.g. {"tokenizer": grown tokenizer}
+    # False for operations that change the outputs by design (depth_upscale): the difference is recorded
+    preserving: bool = True
 
     def render(self, verbose: bool = True) -> str:
         lines = [f"{self.op}: {self.summary}"]

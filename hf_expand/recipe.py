@@ -26,6 +26,8 @@ SCHEMA = {
     "train": {"trainable": str, "max_steps": int, "epochs": NUM, "lr": NUM, "new_lr": NUM, "weight_decay": NUM,
               "batch_size": int, "grad_accum": int, "max_length": int, "warmup_steps": int, "seed": int,
               "eval_every": int, "save_every": int, "log_every": int, "mixed_precision": str, "packing": bool},
+    "evaluate": {"metrics": list, "data": str, "text_column": str, "label_column": str, "batch_size": int,
+                 "max_length": int, "seed": int},
     "push": {"repo": str, "private": bool},
 }
 REQUIRED = {("model", "id"), ("data", "source")}
@@ -140,4 +142,20 @@ def load_recipe(path: str | Path, overrides=()) -> dict:
         raise HfExpandError("recipe: train needs a data section (its training data)")
     if "augment" in recipe and "data" not in recipe:
         raise HfExpandError("recipe: augment needs a data section (the data to augment)")
+    if "evaluate" in recipe:
+        _check_evaluate(recipe)
     return recipe
+
+
+def _check_evaluate(recipe: dict) -> None:
+    from .train.metrics import METRICS
+
+    e, d = recipe["evaluate"] or {}, recipe.get("data") or {}
+    recipe["evaluate"] = e
+    for i, name in enumerate(e.get("metrics") or []):
+        if name not in METRICS:
+            raise HfExpandError(f"recipe: evaluate.metrics[{i}]: unknown metric {name!r}; offline metrics: {', '.join(METRICS)}")
+    held_out = d.get("eval") or d.get("eval_ratio") or (str(d.get("source", "")).startswith("builtin:")
+                                                        and d.get("test_per_class", 50))
+    if not e.get("data") and not held_out:
+        raise HfExpandError("recipe: evaluate needs held-out data: set evaluate.data, or data.eval / data.eval_ratio")

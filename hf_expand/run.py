@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -36,11 +37,11 @@ class Runner:
         """Run ``fn(tmp_output)`` unless ``name`` already produced ``output`` with the same ``key``."""
         done = self.state.get(name)
         if done and done.get("key") == key and output.exists():
-            self.timings.append((name, "skipped (unchanged)", 0.0))
-            print(f"[{name}] skipped: settings and inputs unchanged ({output})")
+            self.timings.append((name, f"skipped (ran in {done.get('seconds', 0):.1f}s)", 0.0))
+            self.log(f"[{name}] skipped: settings and inputs unchanged ({output}; it ran in {done.get('seconds', 0):.1f}s)")
             return output
         start = time.perf_counter()
-        print(f"[{name}] running")
+        self.log(f"[{name}] running")
         self.state.pop(name, None)  # until it finishes, this stage counts as not done
         self.state_file.write_text(json.dumps(self.state, indent=2) + "\n")
         tmp = output.with_name(f".{output.name}.partial")
@@ -58,8 +59,14 @@ class Runner:
         self.state[name] = {"key": key, "seconds": seconds, "output": str(output)}
         self.state_file.write_text(json.dumps(self.state, indent=2) + "\n")
         self.timings.append((name, "ran", seconds))
-        print(f"[{name}] done in {seconds:.1f}s")
+        self.log(f"[{name}] done in {seconds:.1f}s")
         return output
+
+    def log(self, line: str) -> None:
+        """Print ``line`` and append it, timestamped, to ``run.log`` in the run folder."""
+        print(line)
+        with open(self.out / "run.log", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
 
 
 def dry_run(recipe: dict) -> str:
@@ -77,23 +84,53 @@ def dry_run(recipe: dict) -> str:
         # the per-tensor lines are for `hf-expand grow --dry-run`; a recipe plan keeps the operation lines
         lines += [ln for ln in full if not ln.startswith("  ") or ln.lstrip().startswith(("(", "parameters", "note"))]
     data = recipe.get("data")
+    train_rows = None
     if data:
         lines.append(f"data: {data.get('source')} (text {data.get('text_column', 'text')}"
                      + (f", label {data['label_column']}" if data.get("label_column") else "") + ")")
-        if data.get("source", "").startswith("builtin:"):
-            lines.append(f"  {len(data.get('lexnames') or [])} classes x {data.get('per_class')} train / "
-                         f"{data.get('test_per_class')} held out")
+        train_rows, line = _data_sizes(data)
+        lines.append(f"  {line}")
+    copies = 0
     if recipe.get("augment"):
         a = recipe["augment"]
-        lines.append(f"augment: {', '.join(map(str, a.get('augmenters') or []))} x{a.get('copies', 1)} copies")
+        copies = a.get("copies", 1)
+        lines.append(f"augment: {', '.join(map(str, a.get('augmenters') or []))} x{copies} copies"
+                     + (f" -> {train_rows * (1 + copies)} training rows" if train_rows else ""))
     if recipe.get("train"):
         t = recipe["train"]
-        lines.append(f"train: policy {t.get('trainable', 'new')}, "
-                     + (f"{t['max_steps']} steps" if t.get("max_steps") else f"{t.get('epochs')} epochs")
-                     + f", batch {t.get('batch_size', 8)}, lr {t.get('lr', 1e-4)}")
+        batch = t.get("batch_size", 8) * t.get("grad_accum", 1)
+        if t.get("max_steps") or not t.get("epochs"):
+            steps = f"{t.get('max_steps') or 100} steps"
+        elif train_rows:
+            per_epoch = math.ceil(train_rows * (1 + copies) / batch)
+            steps = f"{math.ceil(t['epochs'] * per_epoch)} steps ({t['epochs']} epochs of {per_epoch}" + (
+                ", before packing" if t.get("packing") else "") + ")"
+        else:
+            steps = f"{t['epochs']} epochs"
+        lines.append(f"train: policy {t.get('trainable', 'new')}, {steps}, batch {batch}, lr {t.get('lr', 1e-4)}")
+    if recipe.get("evaluate"):
+        e = recipe["evaluate"]
+        stages = ["base"] + (["grown"] if ops else []) + (["trained"] if recipe.get("train") else [])
+        lines.append(f"evaluate: {', '.join(e.get('metrics') or ['all metrics of the task'])} on "
+                     f"{e.get('data') or 'the held-out split'} for {', '.join(stages)}")
     if recipe.get("push"):
         lines.append(f"push: {recipe['push']['repo']}" + (" (private)" if recipe["push"].get("private") else ""))
     return "\n".join(lines)
+
+
+def _data_sizes(data: dict) -> tuple[int | None, str]:
+    """(training rows or None, a line) for the dry run: counted from the data, which is read but not kept."""
+    if str(data.get("source", "")).startswith("builtin:"):
+        n = len(data.get("lexnames") or [])
+        return n * data.get("per_class", 100), (f"{n} classes x {data.get('per_class', 100)} train / "
+                                                  f"{data.get('test_per_class', 50)} held out")
+    from .train.data import load_splits
+
+    try:
+        train, test = load_splits(data["source"], data.get("eval"), data.get("eval_ratio"), data.get("seed", 0))
+    except Exception as exc:  # noqa: BLE001 - a plan still prints without the data (e.g. a Hub dataset offline)
+        return None, f"size unknown until the data stage reads it ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})"
+    return len(train), f"{len(train)} training rows" + (f", {len(test)} held out" if test is not None else "")
 
 
 def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
@@ -109,6 +146,7 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
     model_key = _key(model, path_signature(model))
     ops = operations(recipe)
     summary: dict = {}
+    stage_models = {"base": model}  # what the evaluate stage compares
 
     if ops:
         from .grow import grow_checkpoint
@@ -123,6 +161,7 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
 
         model = str(r.stage("grow", key, out / "grown", grow))
         model_key = key
+        stage_models["grown"] = model
 
     data_key, train_data, eval_data = None, None, None
     if recipe.get("data"):
@@ -197,6 +236,21 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
 
         model = str(r.stage("train", key, out / "trained", do_train))
         model_key = key
+        stage_models["trained"] = model
+
+    evaluation = None
+    if recipe.get("evaluate"):
+        e, d = recipe["evaluate"], recipe.get("data") or {}
+        key = _key(model_key, stage_models, data_key, e, path_signature(e.get("data")), d.get("text_column"),
+                   d.get("label_column"), recipe["model"].get("task"))
+
+        def do_evaluate(tmp: Path):
+            evaluation = evaluate_stage(recipe, stage_models, train_data, eval_data)
+            tmp.mkdir(parents=True)
+            (tmp / "metrics.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+
+        evaluation = json.loads((r.stage("evaluate", key, out / "evaluation", do_evaluate) / "metrics.json").read_text())
+        _attach_evaluation(Path(model), out, evaluation)
 
     record_path = Path(model) / RECORD_FILE
     result = json.loads(record_path.read_text()) if record_path.is_file() else {}
@@ -206,22 +260,80 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
         p = recipe["push"]
         url = push_folder(model, p["repo"], private=bool(p.get("private")))
         print(f"[push] {url}")
-    _print_summary(r, result)
-    return {"model": model, "timings": r.timings, "record": result}
+    _print_summary(r, result, evaluation)
+    return {"model": model, "timings": r.timings, "record": result, "evaluation": evaluation}
 
 
-def _print_summary(r: Runner, record: dict) -> None:
-    print("\nstage      status                 seconds")
+def evaluate_stage(recipe: dict, models: dict[str, str], train_data: Path | None, eval_data: Path | None) -> dict:
+    """Metrics of each stage's model (base, grown, trained) on the held-out data, with the same seeded
+    fresh head wherever a bare encoder needs one (so base and grown heads are the same random head)."""
+    from datasets import load_from_disk
+
+    from .train import data as D
+    from .train.evaluation import evaluate_dataset
+
+    e, d = recipe["evaluate"], recipe.get("data") or {}
+    seed = e.get("seed", 0)
+    text, label = e.get("text_column") or d.get("text_column", "text"), e.get("label_column") or d.get("label_column")
+    if e.get("data"):
+        ds, where = D.load_splits(e["data"], None, None, seed)[0], e["data"]
+    elif eval_data is not None:
+        ds, where = load_from_disk(str(eval_data)), "the held-out split of data.source"
+    else:
+        raise HfExpandError("evaluate needs held-out data: set evaluate.data, or data.eval / data.eval_ratio")
+    labels = D.count_labels(load_from_disk(str(train_data)), label) if train_data is not None and label else None
+    wanted = e.get("metrics")
+    result = {"data": e.get("data") or where, "rows": len(ds), "metrics": {}, "fresh_head": []}
+    for name, path in models.items():
+        print(f"[evaluate] {name}: {path}")
+        metrics, fresh = evaluate_dataset(path, ds, text, label, recipe["model"].get("task"), e.get("batch_size", 16),
+                                          e.get("max_length", 128), seed, num_labels=labels, where=where)
+        missing = [m for m in wanted or [] if m not in metrics]
+        if missing:
+            raise HfExpandError(f"evaluate.metrics: {', '.join(missing)} does not apply to this task "
+                                f"(available: {', '.join(metrics)})")
+        result["metrics"][name] = {k: v for k, v in metrics.items() if not wanted or k in wanted}
+        if fresh:
+            result["fresh_head"].append(name)
+    return result
+
+
+def _attach_evaluation(model: Path, out: Path, evaluation: dict) -> None:
+    """Put the evaluation in the final model's record and card, when that model is this run's output (a
+    user's own folder is never written to)."""
+    from .card import write_card
+
+    record_path = model / RECORD_FILE
+    if not record_path.is_file() or not model.resolve().is_relative_to(out.resolve()):
+        return
+    record = json.loads(record_path.read_text())
+    if record.get("evaluation") != evaluation:
+        record["evaluation"] = evaluation
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        write_card(model)
+
+
+def _print_summary(r: Runner, record: dict, evaluation: dict | None) -> None:
+    print("\nstage      status                   seconds")
     for name, status, seconds in r.timings:
-        print(f"{name:10s} {status:22s} {seconds:7.1f}")
+        print(f"{name:10s} {status:24s} {seconds:7.1f}")
+    print(f"{'total':10s} {'':24s} {sum(t for _, _, t in r.timings):7.1f}")
     ops = record.get("operations") or []
     if ops:
+        v = record.get("verification") or {}
+        recorded = "; ".join(f"{d['op']} changed outputs by {d['max_abs_diff']:.3g} (not function-preserving)"
+                             for d in v.get("recorded_differences") or [])
         print(f"parameters: {ops[0]['params_before']:,} -> {ops[-1]['params_after']:,}; "
-              f"preservation max |diff| {(record.get('verification') or {}).get('reloaded_max_abs_diff')}")
-    metrics = (record.get("training") or {}).get("metrics") or {}
+              f"preservation max |diff| {v.get('reloaded_max_abs_diff')}" + (f"; {recorded}" if recorded else ""))
+    metrics = {} if evaluation else (record.get("training") or {}).get("metrics") or {}  # evaluation supersedes
     labels = {"base": "base model", "grown": "grown, before training", "trained": "trained"}
     if metrics.get("base_skipped"):
         print(f"{'base model':24s} not comparable: {metrics['base_skipped']}")
     for stage in ("base", "grown", "trained"):
         if metrics.get(stage):
             print(f"{labels[stage]:24s} " + ", ".join(f"{k} {v:.4g}" for k, v in metrics[stage].items()))
+    if evaluation:
+        print(f"held-out evaluation ({evaluation['rows']} rows of {evaluation['data']}):")
+        for name, values in evaluation["metrics"].items():
+            head = " (untrained head)" if name in evaluation["fresh_head"] else ""
+            print(f"  {name + head:28s} " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))

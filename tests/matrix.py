@@ -126,13 +126,14 @@ def _add_heads(config):
 
 def _ops(*names):
     """Operations of a case, built for a config and tokenizer (``add_heads`` picks a count the config allows)."""
-    from hf_expand import AddLabels, AddLayers, AddTokens, WidenFFN, WidenHidden
+    from hf_expand import AddLabels, AddLayers, AddTokens, DepthUpscale, WidenFFN, WidenHidden
 
     makers = {
         "widen_ffn": lambda c, t: WidenFFN(factor=1.5),
         "widen_ffn_split": lambda c, t: WidenFFN(factor=1.5, init="split"),
         "add_layers": lambda c, t: AddLayers(count=2),
         "add_layers_top": lambda c, t: AddLayers(count=2, placement="top"),
+        "depth_upscale": lambda c, t: DepthUpscale(trim=1),
         "widen_hidden": lambda c, t: WidenHidden(factor=2),
         "add_heads": lambda c, t: _add_heads(c),
         "add_labels": lambda c, t: AddLabels(NEW_LABELS),
@@ -155,10 +156,17 @@ CASES = {
     "all_axes": ("lm", _ops("widen_hidden", "widen_ffn", "add_layers", "add_tokens")),
 }
 
+# Operations that change the outputs by design (their difference is recorded, not enforced): tested by
+# test_depth_upscale.py instead of the preservation contract.
+NON_PRESERVING_CASES = {
+    "depth_upscale": ("lm", _ops("depth_upscale")),
+}
+ALL_CASES = {**CASES, **NON_PRESERVING_CASES}
+
 # One case per operation: the columns of the README support table.
 OPERATION_CASES = {
-    "widen_ffn": "widen_zero", "add_layers": "layers_interleave", "widen_hidden": "widen_hidden",
-    "add_heads": "add_heads", "add_labels": "add_labels", "add_tokens": "add_tokens",
+    "widen_ffn": "widen_zero", "add_layers": "layers_interleave", "depth_upscale": "depth_upscale",
+    "widen_hidden": "widen_hidden", "add_heads": "add_heads", "add_labels": "add_labels", "add_tokens": "add_tokens",
 }
 
 
@@ -166,7 +174,7 @@ def case_config(family: str, case: str):
     from transformers.models.auto import modeling_auto
 
     config = tiny_config(family)
-    if CASES[case][0] == "classifier":
+    if ALL_CASES[case][0] == "classifier":
         config.num_labels = 3
         config.architectures = [modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES[family]]
     return config
@@ -181,7 +189,7 @@ def unsupported_reason(family: str, case: str) -> str | None:
 
     config = case_config(family, case)
     try:
-        plan_growth(config, CASES[case][1](config, tiny_tokenizer()))
+        plan_growth(config, ALL_CASES[case][1](config, tiny_tokenizer()))
     except UnsupportedArchitecture as exc:
         return str(exc)
     return None

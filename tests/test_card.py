@@ -38,7 +38,7 @@ def test_grow_writes_a_card_with_lineage_and_evidence(base, tmp_path):
     text = card.text
     for section in SECTIONS:
         assert section in text, section
-    assert "| widen_ffn |" in text and "| add_layers |" in text and "max |base - grown|" in text
+    assert "| widen_ffn |" in text and "| add_layers |" in text and "max |difference|" in text
     assert "LlamaForCausalLM.from_pretrained" in text or "AutoModelForCausalLM.from_pretrained" in text
 
 

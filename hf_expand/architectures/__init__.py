@@ -325,10 +325,11 @@ def ffn_size(config, group: FfnGroup) -> int:
     return int(value)
 
 
-def check_refusals(config, op: str) -> None:
-    """Raise when the family's data says ``op`` cannot be applied to this config (and why)."""
+def check_refusals(config, op: str, rules_of: str | None = None) -> None:
+    """Raise when the family's data says ``op`` cannot be applied to this config (and why).
+    ``rules_of``: apply another operation's rules (depth up-scaling shares those of add_layers)."""
     for r in family_data(config.model_type).refuse:
-        if r.op != op:
+        if r.op != (rules_of or op):
             continue
         if r.field is None:
             raise UnsupportedArchitecture(f"{op} is not supported for {config.model_type}: {r.why}")

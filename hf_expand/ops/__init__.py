@@ -2,8 +2,8 @@
 
 An operation is a frozen dataclass holding its (validated) parameters, with ``plan(config, layout)``
 returning a :class:`~hf_expand.plan.Plan`. ``ORDER`` says in which order several operations of one
-call are applied: widths first (hidden size, heads, FFN), then new layers (which copy already-grown
-neighbours), then the output side (labels, tokens).
+call are applied: widths first (hidden size, heads, FFN), then depth up-scaling (its ranges name
+the base's layers), then new layers (which copy already-grown neighbours), then the output side (labels, tokens).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def sort_operations(ops) -> list:
 from . import widen_hidden as _widen_hidden  # noqa: E402,F401
 from . import add_heads as _add_heads  # noqa: E402,F401
 from . import widen_ffn as _widen_ffn  # noqa: E402,F401
+from . import depth_upscale as _depth_upscale  # noqa: E402,F401
 from . import add_layers as _add_layers  # noqa: E402,F401
 from . import add_labels as _add_labels  # noqa: E402,F401
 from . import add_tokens as _add_tokens  # noqa: E402,F401

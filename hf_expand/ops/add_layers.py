@@ -29,6 +29,7 @@ from ..errors import HfExpandError, UnsupportedArchitecture
 from ..plan import WHOLE, Fill, Plan, TensorStep
 from . import register
 from .common import updated_config
+from .stacking import stack_config_updates, stack_steps
 
 PLACEMENTS = ("interleave", "top", "bottom")
 MAX_NEW_LAYERS = 10_000
@@ -104,27 +105,13 @@ class AddLayers:
         L = layout.num_layers
         order = self.layer_order(L)
         post = layout.family.post_norm
-        steps: dict[str, TensorStep] = {}
-        new_slices, modified = {}, {}
-        per_layer = {i: layout.layer_params(i) for i in range(L)}
-
-        for p in layout.params.values():  # everything outside the blocks is unchanged (post-norm: see below)
-            if p.layer is None:
-                steps[p.name] = TensorStep(p.name, p.name, p.shape, p.shape)
-        for j, (is_new, src) in enumerate(order):
-            for p in per_layer[src]:
-                target = f"{layout.layers_prefix}.{j}.{p.rel}"
-                actions = ()
-                if is_new and _in_modules(p.rel, layout.residual_out):
-                    actions = (Fill(0.0),)  # the branch writes nothing into the residual stream
-                steps[target] = TensorStep(target, p.name, p.shape, p.shape, actions)
-                if is_new:
-                    new_slices[target] = [dict(WHOLE)]
+        steps, new_slices = stack_steps(layout, order, zero_new_branches=True)
+        modified: dict = {}
 
         if post is not None:
             self._plan_post_norm(layout, order, steps, modified)
 
-        updates = self._config_updates(config, layout, order)
+        updates = stack_config_updates(config, layout, order, self.name)
         positions = [j for j, (is_new, _) in enumerate(order) if is_new]
         summary = f"{L} -> {L + self.count} layers, new at {positions} (placement={self.placement_str})"
         return Plan(
@@ -180,22 +167,6 @@ class AddLayers:
                     else:
                         identity(final, f"{prefix}.{src}.{post.final_norm}.{s}", s == "bias")
 
-    def _config_updates(self, config, layout, order) -> dict:
-        L = layout.num_layers
-        updates = {"num_hidden_layers": L + self.count}
-        for key, value in vars(config).items():
-            if isinstance(value, list) and len(value) == L and ("layer" in key or "window" in key):
-                updates[key] = [value[src] for _, src in order]
-        for key in layout.family.layer_index_fields:
-            old = set(getattr(config, key, None) or [])
-            updates[key] = [j for j, (_, src) in enumerate(order) if src in old]
-        for key in layout.family.layer_threshold_fields:
-            # "layers below index t" stays the same set of blocks: count the positions copied from them.
-            old = getattr(config, key, None)
-            if isinstance(old, int):
-                updates[key] = sum(1 for _, src in order if src < old)
-        return updates
-
 
 def parse_positions(text: str) -> tuple[int, ...]:
     try:
@@ -204,10 +175,6 @@ def parse_positions(text: str) -> tuple[int, ...]:
         raise HfExpandError(
             f"--placement must be interleave, top, bottom or comma-separated layer indices like 2,5; got {text!r}"
         ) from None
-
-
-def _in_modules(rel: str, modules) -> bool:
-    return any(rel == m or rel.startswith(m + ".") for m in modules)
 
 
 def _find_suffix(layout: ModelLayout, suffix: str) -> str:

@@ -1,12 +1,18 @@
-"""``hf-expand evaluate``: metrics of one checkpoint on one dataset, offline."""
+"""``hf-expand evaluate`` and the recipe's ``evaluate`` stage: metrics of checkpoints on held-out data, offline."""
 
 from __future__ import annotations
 
+from ..errors import HfExpandError
 from .loop import TrainArgs, load_for_training
 
 
-def evaluate_checkpoint(model_path: str, data: str, text_column: str = "text", label_column: str | None = None,
-                        task: str | None = None, batch_size: int = 16, max_length: int = 128, seed: int = 0) -> dict:
+def evaluate_dataset(model_path: str, ds, text_column: str = "text", label_column: str | None = None,
+                     task: str | None = None, batch_size: int = 16, max_length: int = 128, seed: int = 0,
+                     num_labels=None, where: str = "the data") -> tuple[dict, bool]:
+    """(metrics, whether a fresh untrained head was created) of ``model_path`` on the dataset ``ds``.
+
+    ``num_labels``: labels of a fresh head on a bare encoder (an int, or label names), as training would
+    create it; a seeded random head is what "the base model" means for a classification task."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -14,14 +20,19 @@ def evaluate_checkpoint(model_path: str, data: str, text_column: str = "text", l
     from .metrics import evaluate_model
 
     torch.manual_seed(seed)
-    a = TrainArgs(model=model_path, data=data, out="", text_column=text_column, label_column=label_column, task=task)
-    model, tokenizer, _, task, _ = load_for_training(a)
+    a = TrainArgs(model=model_path, data="", out="", text_column=text_column, label_column=label_column, task=task)
+    model, tokenizer, _, task, head = load_for_training(a, num_labels or D.count_labels(ds, label_column))
     if task == "classification" and not label_column:
-        from ..errors import HfExpandError
-
         raise HfExpandError("evaluating a classifier needs --label-column (the column with the true labels)")
-    ds, _ = D.load_splits(data, None, None, seed)
-    D.check_columns(ds, text_column, label_column if task == "classification" else None, data)
+    D.check_columns(ds, text_column, label_column if task == "classification" else None, where)
     tokens = D.tokenize(ds, tokenizer, task, text_column, label_column, model.config, max_length)
     loader = DataLoader(tokens, batch_size=batch_size, collate_fn=D.collator(task, tokenizer, seed))
-    return evaluate_model(model, loader, task)
+    return evaluate_model(model, loader, task), bool(head)
+
+
+def evaluate_checkpoint(model_path: str, data: str, text_column: str = "text", label_column: str | None = None,
+                        task: str | None = None, batch_size: int = 16, max_length: int = 128, seed: int = 0) -> dict:
+    from . import data as D
+
+    ds, _ = D.load_splits(data, None, None, seed)
+    return evaluate_dataset(model_path, ds, text_column, label_column, task, batch_size, max_length, seed, where=data)[0]

@@ -360,6 +360,10 @@ def _growth_metrics(a: TrainArgs, model, tokenizer, record, task, head, ds, acce
     if not source or head or not (Path(source).is_dir() and (Path(source) / "config.json").is_file()):
         out["base_skipped"] = ("a task head is created for training" if head else "no local base model in the record")
         return out
+    if not ((record or {}).get("verification") or {}).get("function_preserving", True):
+        out["base_skipped"] = "growth was not function-preserving (" + ", ".join(
+            d["op"] for d in record["verification"].get("recorded_differences") or []) + ")"
+        return out
     grown_ops = {o.get("op") for o in (record or {}).get("operations") or []}
     if grown_ops & {"add_labels", "add_tokens"}:
         out["base_skipped"] = "the base cannot read the grown label/token ids of this data"

@@ -11,12 +11,14 @@ from hf_expand.cli import main
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 SENTENCES = Path(__file__).parent / "data" / "sentences.txt"
 NEEDS_CLASSIFIER = {"new-labels.yaml"}
+# settings a 3-layer tiny model cannot take (SOLAR's trim 8 needs more than 8 layers)
+TINY_OVERRIDES = {"solar-depth-upscale.yaml": ["grow.operations=[{depth_upscale: {trim: 1}}]"]}
 
 
 def test_recipes_are_shipped():
     names = {p.name for p in RECIPES}
     assert {"quickstart.yaml", "llama-pro.yaml", "net2net-widen.yaml", "hypercloning-2x.yaml", "domain-tokens.yaml",
-            "new-labels.yaml", "push-example.yaml"} <= names
+            "new-labels.yaml", "push-example.yaml", "solar-depth-upscale.yaml"} <= names
     for p in RECIPES:  # each opens with the exact command
         assert p.read_text().startswith(f"# hf-expand run recipes/{p.name}"), p.name
 
@@ -26,7 +28,7 @@ def test_every_recipe_passes_dry_run(recipe, tiny_checkpoints, tiny_classifier_c
     overrides = []
     if recipe.name != "quickstart.yaml":  # model ids are fields: point them at a local tiny checkpoint
         model = tiny_classifier_checkpoints("llama") if recipe.name in NEEDS_CLASSIFIER else tiny_checkpoints("llama")
-        overrides = [f"model.id={model}"]
+        overrides = [f"model.id={model}", *TINY_OVERRIDES.get(recipe.name, [])]
     assert main(["run", str(recipe), "--dry-run", *overrides]) == 0
     out = capsys.readouterr().out
     assert "model:" in out and "parameters:" in out
@@ -120,10 +122,66 @@ def test_failed_stage_is_not_reused_and_edited_data_reruns(tmp_path, tiny_checkp
 @pytest.mark.parametrize("override,message", [
     ("grow.operations=[{widen_ffn: 1.5}]", "grow.operations[0].widen_ffn: expected a mapping"),
     ("data={text_column: text}", "data.source: required"),
-    ("evaluate={data: x}", "evaluate: unknown key"),
+    ("evaluate={metric: [accuracy]}", "evaluate.metric: unknown key"),
+    ("evaluate={metrics: [bleu]}", "evaluate.metrics[0]: unknown metric 'bleu'"),
+    ("evaluate={metrics: [accuracy]}", "accuracy does not apply to this task (available: perplexity)"),
+    ("data.eval_ratio=null", "evaluate needs held-out data"),
 ])
 def test_more_bad_recipes(override, message, tmp_path, tiny_checkpoints, capsys):
     recipe = tiny_recipe(tmp_path, tiny_checkpoints("llama"))
-    assert main(["run", str(recipe), "--out", str(tmp_path / "o"), override]) == 2
+    if override == "data.eval_ratio=null":
+        recipe.write_text(recipe.read_text() + "evaluate: {metrics: [perplexity]}\n")
+    assert main(["run", str(recipe), "--out", str(tmp_path / "o"), override, "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+    if "does not apply" not in message:  # refused at load: nothing written
+        assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_stage_scores_each_model_and_lands_in_the_card(tmp_path, tiny_checkpoints, capsys):
+    import json
+
+    import torch
+
+    torch.set_num_threads(1)
+    recipe, out = tiny_recipe(tmp_path, tiny_checkpoints("llama")), tmp_path / "run"
+    recipe.write_text(recipe.read_text() + "evaluate: {metrics: [perplexity]}\n")
+    assert main(["run", str(recipe), "--out", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    evaluation = json.loads((out / "evaluation" / "metrics.json").read_text())
+    m = evaluation["metrics"]
+    assert list(m) == ["base", "grown", "trained"] and evaluation["rows"] == 10
+    assert m["grown"]["perplexity"] == pytest.approx(m["base"]["perplexity"], rel=1e-5)  # growth preserved it
+    assert m["trained"]["perplexity"] != m["grown"]["perplexity"]
+    record = json.loads((out / "trained" / "hf_expand_growth.json").read_text())
+    assert record["evaluation"] == evaluation
+    card = (out / "trained" / "README.md").read_text()
+    assert "## Held-out evaluation" in card and "| perplexity |" in card
+    assert "held-out evaluation (10 rows" in printed
+    assert main(["run", str(recipe), "--out", str(out), "-q"]) == 0
+    again = capsys.readouterr().out
+    assert "[evaluate] skipped" in again and "it ran in" in again
+    log = (out / "run.log").read_text()
+    assert log.count("[evaluate] done") == 1 and "[evaluate] skipped" in log
+
+
+def test_solar_recipe_records_the_difference_and_skips_the_base_check(tmp_path, tiny_checkpoints, capsys):
+    import json
+
+    import torch
+
+    torch.set_num_threads(1)
+    recipe = Path(__file__).parents[1] / "recipes" / "solar-depth-upscale.yaml"
+    out = tmp_path / "run"
+    args = ["run", str(recipe), "--out", str(out), f"model.id={tiny_checkpoints('llama')}",
+            "grow.operations=[{depth_upscale: {trim: 1}}]", f"data.source={SENTENCES}", "data.eval_ratio=0.2",
+            "train.max_steps=2", "train.packing=false", "train.max_length=32", "-q"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "depth_upscale changed outputs by" in printed
+    record = json.loads((out / "trained" / "hf_expand_growth.json").read_text())
+    assert record["verification"]["function_preserving"] is False
+    assert "not function-preserving" in record["training"]["metrics"]["base_skipped"]
+    m = record["evaluation"]["metrics"]
+    assert abs(m["grown"]["perplexity"] - m["base"]["perplexity"]) > 1e-3  # the seam changed the model
+    assert "Not function-preserving" in (out / "trained" / "README.md").read_text()

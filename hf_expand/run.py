@@ -133,12 +133,28 @@ def _data_sizes(data: dict) -> tuple[int | None, str]:
     return len(train), f"{len(train)} training rows" + (f", {len(test)} held out" if test is not None else "")
 
 
+def _preflight(recipe: dict) -> None:
+    """Fail before any stage runs on what a later stage would trip over: a missing model or data file."""
+    from .augment.data_io import check_source
+    from .model_io import load_config
+
+    load_config(recipe["model"]["id"])
+    d, e = recipe.get("data") or {}, recipe.get("evaluate") or {}
+    for where, source in (("data.source", d.get("source")), ("data.eval", d.get("eval")), ("evaluate.data", e.get("data"))):
+        if source and not str(source).startswith("builtin:"):
+            try:
+                check_source(str(source))
+            except HfExpandError as exc:
+                raise HfExpandError(f"recipe: {where}: {exc}") from None
+
+
 def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
     from .recipe import operations
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise HfExpandError(f"{out} is a file; choose another --out")
+    _preflight(recipe)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     r = Runner(recipe, out, progress)
@@ -227,7 +243,6 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
                              **t)
             section = train(args, progress=progress)
             summary["training"] = section
-            (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
             from .card import write_card
             from .plot import training_curve
 
@@ -250,8 +265,8 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
             (tmp / "metrics.json").write_text(json.dumps(evaluation, indent=2) + "\n")
 
         evaluation = json.loads((r.stage("evaluate", key, out / "evaluation", do_evaluate) / "metrics.json").read_text())
-        _attach_evaluation(Path(model), out, evaluation)
 
+    _finish_model(Path(model), out, recipe, evaluation)
     record_path = Path(model) / RECORD_FILE
     result = json.loads(record_path.read_text()) if record_path.is_file() else {}
     if recipe.get("push"):
@@ -298,19 +313,26 @@ def evaluate_stage(recipe: dict, models: dict[str, str], train_data: Path | None
     return result
 
 
-def _attach_evaluation(model: Path, out: Path, evaluation: dict) -> None:
-    """Put the evaluation in the final model's record and card, when that model is this run's output (a
-    user's own folder is never written to)."""
+def _finish_model(model: Path, out: Path, recipe: dict, evaluation: dict | None) -> None:
+    """Put the resolved recipe and the evaluation beside the final model and into its record and card,
+    when that model is this run's output (a user's own folder is never written to)."""
     from .card import write_card
 
     record_path = model / RECORD_FILE
     if not record_path.is_file() or not model.resolve().is_relative_to(out.resolve()):
         return
+    text = yaml.safe_dump(recipe, sort_keys=False)
     record = json.loads(record_path.read_text())
-    if record.get("evaluation") != evaluation:
+    recipe_path = model / "recipe.yaml"
+    if record.get("evaluation") == evaluation and recipe_path.is_file() and recipe_path.read_text() == text:
+        return
+    recipe_path.write_text(text)
+    if evaluation is None:
+        record.pop("evaluation", None)
+    else:
         record["evaluation"] = evaluation
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
-        write_card(model)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    write_card(model)
 
 
 def _print_summary(r: Runner, record: dict, evaluation: dict | None) -> None:

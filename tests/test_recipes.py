@@ -88,13 +88,22 @@ def test_bad_recipe_is_one_line(case, tmp_path, tiny_checkpoints, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_missing_recipe_and_model(tmp_path, capsys):
+def test_missing_recipe_model_and_data(tmp_path, tiny_checkpoints, capsys):
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: {id: /nonexistent/model}\ngrow: {operations: [{add_layers: {count: 1}}]}\n")
     assert main(["run", str(recipe), "--out", str(tmp_path / "o")]) == 2
     assert "neither an existing folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    # missing data is caught before the grow stage spends any time
+    recipe = tiny_recipe(tmp_path, tiny_checkpoints("llama"))
+    for override, where in ((f"data.source={tmp_path / 'no.jsonl'}", "data.source"),
+                            (f"evaluate.data={tmp_path / 'no.csv'}", "evaluate.data")):
+        assert main(["run", str(recipe), "--out", str(tmp_path / "o"), override, "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"recipe: {where}:" in err[0] and "does not exist" in err[0], err
+        assert not (tmp_path / "o").exists()
 
 
 def test_failed_stage_is_not_reused_and_edited_data_reruns(tmp_path, tiny_checkpoints, capsys):
@@ -110,7 +119,8 @@ def test_failed_stage_is_not_reused_and_edited_data_reruns(tmp_path, tiny_checkp
                       f"train: {{max_steps: 2, batch_size: 8, trainable: all}}\n")
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--out", str(out), "-q"]) == 0
-    assert main(["run", str(recipe), "--out", str(out), f"data.source={tmp_path / 'missing.txt'}", "-q"]) == 2
+    (tmp_path / "empty.txt").write_text("")  # exists (passes the up-front check), fails inside the data stage
+    assert main(["run", str(recipe), "--out", str(out), f"data.source={tmp_path / 'empty.txt'}", "-q"]) == 2
     capsys.readouterr()
     assert main(["run", str(recipe), "--out", str(out), "-q"]) == 0
     assert "[data] done" in capsys.readouterr().out  # the failed attempt's state was not taken as done

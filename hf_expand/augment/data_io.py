@@ -45,12 +45,19 @@ def load_data(source: str):
             raise HfExpandError(f"cannot read {path} as {builder}: {_first_line(exc)}") from None
         finally:
             datasets.logging.set_verbosity(level)
-    if source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).suffix.lower() in FILE_BUILDERS:
-        raise HfExpandError(f"{source} does not exist; give a local file, a save_to_disk folder or a Hub dataset id")
+    check_source(source)
     try:
         return datasets.load_dataset(source)
     except Exception as exc:  # noqa: BLE001
         raise HfExpandError(f"cannot load dataset {source!r} from the Hub: {_first_line(exc)}") from None
+
+
+def check_source(source: str) -> None:
+    """Refuse a source that names a local file or folder that does not exist (a Hub id is left to the Hub)."""
+    if Path(source).exists():
+        return
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).suffix.lower() in FILE_BUILDERS:
+        raise HfExpandError(f"{source} does not exist; give a local file, a save_to_disk folder or a Hub dataset id")
 
 
 def save_data(data, folder: Path, fmt: str) -> list[Path]:

@@ -260,7 +260,7 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
                    d.get("label_column"), recipe["model"].get("task"))
 
         def do_evaluate(tmp: Path):
-            evaluation = evaluate_stage(recipe, stage_models, train_data, eval_data)
+            evaluation = evaluate_stage(recipe, stage_models, train_data, eval_data, progress)
             tmp.mkdir(parents=True)
             (tmp / "metrics.json").write_text(json.dumps(evaluation, indent=2) + "\n")
 
@@ -279,7 +279,8 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
     return {"model": model, "timings": r.timings, "record": result, "evaluation": evaluation}
 
 
-def evaluate_stage(recipe: dict, models: dict[str, str], train_data: Path | None, eval_data: Path | None) -> dict:
+def evaluate_stage(recipe: dict, models: dict[str, str], train_data: Path | None, eval_data: Path | None,
+                   progress: bool = True) -> dict:
     """Metrics of each stage's model (base, grown, trained) on the held-out data, with the same seeded
     fresh head wherever a bare encoder needs one (so base and grown heads are the same random head)."""
     from datasets import load_from_disk
@@ -302,7 +303,8 @@ def evaluate_stage(recipe: dict, models: dict[str, str], train_data: Path | None
     for name, path in models.items():
         print(f"[evaluate] {name}: {path}")
         metrics, fresh = evaluate_dataset(path, ds, text, label, recipe["model"].get("task"), e.get("batch_size", 16),
-                                          e.get("max_length", 128), seed, num_labels=labels, where=where)
+                                          e.get("max_length", 128), seed, num_labels=labels, where=where,
+                                          progress=f"evaluate {name}" if progress else None)
         missing = [m for m in wanted or [] if m not in metrics]
         if missing:
             raise HfExpandError(f"evaluate.metrics: {', '.join(missing)} does not apply to this task "

@@ -8,12 +8,14 @@ from .loop import TrainArgs, load_for_training
 
 def evaluate_dataset(model_path: str, ds, text_column: str = "text", label_column: str | None = None,
                      task: str | None = None, batch_size: int = 16, max_length: int = 128, seed: int = 0,
-                     num_labels=None, where: str = "the data") -> tuple[dict, bool]:
+                     num_labels=None, where: str = "the data", progress: str | None = None) -> tuple[dict, bool]:
     """(metrics, whether a fresh untrained head was created) of ``model_path`` on the dataset ``ds``.
 
     ``num_labels``: labels of a fresh head on a bare encoder (an int, or label names), as training would
-    create it; a seeded random head is what "the base model" means for a classification task."""
+    create it; a seeded random head is what "the base model" means for a classification task.
+    ``progress``: a progress bar over the batches, with this description."""
     import torch
+    from tqdm.auto import tqdm
     from torch.utils.data import DataLoader
 
     from . import data as D
@@ -27,7 +29,8 @@ def evaluate_dataset(model_path: str, ds, text_column: str = "text", label_colum
     D.check_columns(ds, text_column, label_column if task == "classification" else None, where)
     tokens = D.tokenize(ds, tokenizer, task, text_column, label_column, model.config, max_length)
     loader = DataLoader(tokens, batch_size=batch_size, collate_fn=D.collator(task, tokenizer, seed))
-    return evaluate_model(model, loader, task), bool(head)
+    batches = tqdm(loader, desc=progress, leave=False) if progress else loader
+    return evaluate_model(model, batches, task), bool(head)
 
 
 def evaluate_checkpoint(model_path: str, data: str, text_column: str = "text", label_column: str | None = None,

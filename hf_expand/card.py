@@ -61,8 +61,9 @@ def _metrics_rows(training: dict) -> list[str]:
     return ["| metric | base | grown (before training) | trained |", "| --- | ---: | ---: | ---: |", *rows] if rows else []
 
 
-def build_card(folder: str | Path, repo_id: str | None = None):
-    """``huggingface_hub.ModelCard`` for the model in ``folder`` (``repo_id``: where it is being pushed)."""
+def build_card(folder: str | Path, repo_id: str | None = None, name: str | None = None):
+    """``huggingface_hub.ModelCard`` for the model in ``folder`` (``repo_id``: where it is being pushed;
+    ``name``: the folder's final name when it is being written under a temporary one)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     folder = Path(folder)
@@ -72,7 +73,7 @@ def build_card(folder: str | Path, repo_id: str | None = None):
     training = record.get("training") or {}
     parent = parent_repo(record)
     ops = record.get("operations") or []
-    name = repo_id or folder.name
+    name = repo_id or name or folder.name
     tags = ["hf-expand", "model-growth", *sorted({o["op"].replace("_", "-") for o in ops})]
     data_sources = [d for d in (training.get("data_source"),) if _hub_id(d)]
     eval_results = []
@@ -92,12 +93,15 @@ def build_card(folder: str | Path, repo_id: str | None = None):
     v = record.get("verification") or {}
     preserving = v.get("function_preserving", True)
     against = "the base" if v.get("compared_with", "base") == "base" else v["compared_with"]
-    lines += [f"Grown from [`{origin}`](https://huggingface.co/{origin})" if parent else f"Grown from `{origin}`",
-              "with hf_expand (function-preserving growth: at the moment of growth the model's",
-              "outputs equal the base model's, measured below)." if preserving else
-              "with hf_expand. **Not function-preserving**: "
-              + ", ".join(f"`{d['op']}` changed the outputs by {_fmt(d['max_abs_diff'])}" for d in v.get("recorded_differences") or [])
-              + " (recorded, not enforced; by design, continued training is expected to recover them).", ""]
+    lines.append(f"Grown from [`{origin}`](https://huggingface.co/{origin})" if parent else f"Grown from `{origin}`")
+    if preserving:
+        lines += ["with hf_expand (function-preserving growth: at the moment of growth the model's",
+                  "outputs equal the base model's, measured below).", ""]
+    else:
+        changed = ", ".join(f"`{d['op']}` changed the outputs by {_fmt(d['max_abs_diff'])}"
+                            for d in v.get("recorded_differences") or [])
+        lines += [f"with hf_expand. **Not function-preserving**: {changed} (recorded, not enforced; by design,",
+                  "continued training is expected to recover the base model's quality).", ""]
     if ops:
         lines += ["## Growth", "", "| operation | change | parameters before | parameters after | max abs diff (fp32) |",
                   "| --- | --- | ---: | ---: | ---: |"]
@@ -126,8 +130,10 @@ def build_card(folder: str | Path, repo_id: str | None = None):
         if (folder / "training_curve.png").is_file():
             lines += ["![training curve: loss per step (blue), eval metric (red)](training_curve.png)", ""]
     else:
-        lines += ["## Training", "", "Not trained after growth: the new capacity is initialised so that outputs are "
-                  "unchanged; train it with `hf-expand train`.", ""]
+        lines += ["## Training", "", ("Not trained after growth: the new capacity is initialised so that outputs are "
+                  "unchanged; train it with `hf-expand train`." if preserving else
+                  "Not trained after growth: the outputs differ from the base model's (see above); continue training "
+                  "with `hf-expand train --trainable all`."), ""]
     evaluation = record.get("evaluation")
     if evaluation and evaluation.get("metrics"):
         names = list(evaluation["metrics"])
@@ -138,6 +144,8 @@ def build_card(folder: str | Path, repo_id: str | None = None):
                   + (f"; {', '.join(sorted(fresh))}: a seeded untrained head (the base has none)" if fresh else "") + ".", "",
                   "| metric | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names),
                   *[f"| {k} | " + " | ".join(_fmt(evaluation["metrics"][n].get(k)) for n in names) + " |" for k in keys], ""]
+        lines += [f"Not evaluated: {n} ({why})." for n, why in (evaluation.get("skipped") or {}).items()]
+        lines += [""] if evaluation.get("skipped") else []
     auto = _head(config)[1]
     lines += ["## How to load", "", "```python", f"from transformers import {auto}, AutoTokenizer", "",
               f'model = {auto}.from_pretrained("{name}")', f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
@@ -150,7 +158,7 @@ def build_card(folder: str | Path, repo_id: str | None = None):
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
-def write_card(folder: str | Path, repo_id: str | None = None) -> Path:
+def write_card(folder: str | Path, repo_id: str | None = None, name: str | None = None) -> Path:
     path = Path(folder) / "README.md"
-    path.write_text(str(build_card(folder, repo_id)))
+    path.write_text(str(build_card(folder, repo_id, name)))
     return path

@@ -456,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             import transformers
 
             transformers.utils.logging.disable_progress_bar()
+            transformers.utils.logging.set_verbosity_error()  # no load reports for fresh heads under -q
             try:
                 import datasets
 

@@ -282,7 +282,7 @@ def grow_checkpoint(
             if pushed:
                 record["parent_repo"] = pushed
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        write_card(tmp)
+        write_card(tmp, name=Path(out).name)
     return report
 
 

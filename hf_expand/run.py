@@ -75,6 +75,7 @@ def dry_run(recipe: dict) -> str:
     from .model_io import load_config
     from .recipe import operations
 
+    _preflight(recipe)
     lines = [f"model: {recipe['model']['id']}"]
     ops = operations(recipe)
     if ops:
@@ -108,7 +109,7 @@ def dry_run(recipe: dict) -> str:
         else:
             steps = f"{t['epochs']} epochs"
         lines.append(f"train: policy {t.get('trainable', 'new')}, {steps}, batch {batch}, lr {t.get('lr', 1e-4)}")
-    if recipe.get("evaluate"):
+    if "evaluate" in recipe:
         e = recipe["evaluate"]
         stages = ["base"] + (["grown"] if ops else []) + (["trained"] if recipe.get("train") else [])
         lines.append(f"evaluate: {', '.join(e.get('metrics') or ['all metrics of the task'])} on "
@@ -124,28 +125,38 @@ def _data_sizes(data: dict) -> tuple[int | None, str]:
         n = len(data.get("lexnames") or [])
         return n * data.get("per_class", 100), (f"{n} classes x {data.get('per_class', 100)} train / "
                                                   f"{data.get('test_per_class', 50)} held out")
+    if not Path(data["source"]).exists():  # a Hub dataset: not downloaded for a plan
+        return None, "a Hub dataset: its size is known once the data stage reads it"
     from .train.data import load_splits
 
-    try:
-        train, test = load_splits(data["source"], data.get("eval"), data.get("eval_ratio"), data.get("seed", 0))
-    except Exception as exc:  # noqa: BLE001 - a plan still prints without the data (e.g. a Hub dataset offline)
-        return None, f"size unknown until the data stage reads it ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})"
+    train, test = load_splits(data["source"], data.get("eval"), data.get("eval_ratio"), data.get("seed", 0))
     return len(train), f"{len(train)} training rows" + (f", {len(test)} held out" if test is not None else "")
 
 
 def _preflight(recipe: dict) -> None:
-    """Fail before any stage runs on what a later stage would trip over: a missing model or data file."""
+    """Fail before any stage runs on what a later stage would trip over: a missing model or data file,
+    evaluation metrics the task does not have. Reads configs only (also used by ``--dry-run``)."""
     from .augment.data_io import check_source
     from .model_io import load_config
+    from .train.data import task_of
 
-    load_config(recipe["model"]["id"])
-    d, e = recipe.get("data") or {}, recipe.get("evaluate") or {}
-    for where, source in (("data.source", d.get("source")), ("data.eval", d.get("eval")), ("evaluate.data", e.get("data"))):
+    config = load_config(recipe["model"]["id"])
+    d, e = recipe.get("data") or {}, recipe.get("evaluate")
+    for where, source in (("data.source", d.get("source")), ("data.eval", d.get("eval")),
+                          ("evaluate.data", (e or {}).get("data"))):
         if source and not str(source).startswith("builtin:"):
             try:
                 check_source(str(source))
             except HfExpandError as exc:
                 raise HfExpandError(f"recipe: {where}: {exc}") from None
+    if e and e.get("metrics"):
+        label = e.get("label_column") or d.get("label_column")
+        task = recipe["model"].get("task") or task_of(config, label)
+        available = ("accuracy", "f1") if task == "classification" else ("perplexity",)
+        wrong = [m for m in e["metrics"] if m not in available]
+        if wrong:
+            raise HfExpandError(f"recipe: evaluate.metrics: {', '.join(wrong)} does not apply to a {task} model "
+                                f"(available: {', '.join(available)})")
 
 
 def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
@@ -247,20 +258,20 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
             from .plot import training_curve
 
             training_curve(section, tmp / "training_curve.png")
-            write_card(tmp)
+            write_card(tmp, name="trained")
 
         model = str(r.stage("train", key, out / "trained", do_train))
         model_key = key
         stage_models["trained"] = model
 
     evaluation = None
-    if recipe.get("evaluate"):
+    if "evaluate" in recipe:
         e, d = recipe["evaluate"], recipe.get("data") or {}
         key = _key(model_key, stage_models, data_key, e, path_signature(e.get("data")), d.get("text_column"),
                    d.get("label_column"), recipe["model"].get("task"))
 
         def do_evaluate(tmp: Path):
-            evaluation = evaluate_stage(recipe, stage_models, train_data, eval_data, progress)
+            evaluation = evaluate_stage(recipe, stage_models, train_data, eval_data, progress, r.log)
             tmp.mkdir(parents=True)
             (tmp / "metrics.json").write_text(json.dumps(evaluation, indent=2) + "\n")
 
@@ -280,11 +291,13 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
 
 
 def evaluate_stage(recipe: dict, models: dict[str, str], train_data: Path | None, eval_data: Path | None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, log=print) -> dict:
     """Metrics of each stage's model (base, grown, trained) on the held-out data, with the same seeded
-    fresh head wherever a bare encoder needs one (so base and grown heads are the same random head)."""
+    fresh head wherever a bare encoder needs one (so base and grown heads are the same random head).
+    The base is skipped, with the reason, when it cannot read the data (labels added by growth)."""
     from datasets import load_from_disk
 
+    from .augment.data_io import load_data
     from .train import data as D
     from .train.evaluation import evaluate_dataset
 
@@ -292,27 +305,46 @@ def evaluate_stage(recipe: dict, models: dict[str, str], train_data: Path | None
     seed = e.get("seed", 0)
     text, label = e.get("text_column") or d.get("text_column", "text"), e.get("label_column") or d.get("label_column")
     if e.get("data"):
-        ds, where = D.load_splits(e["data"], None, None, seed)[0], e["data"]
+        ds, where = held_out_split(load_data(e["data"]), e["data"])
     elif eval_data is not None:
         ds, where = load_from_disk(str(eval_data)), "the held-out split of data.source"
     else:
         raise HfExpandError("evaluate needs held-out data: set evaluate.data, or data.eval / data.eval_ratio")
     labels = D.count_labels(load_from_disk(str(train_data)), label) if train_data is not None and label else None
     wanted = e.get("metrics")
-    result = {"data": e.get("data") or where, "rows": len(ds), "metrics": {}, "fresh_head": []}
+    result = {"data": where, "rows": len(ds), "metrics": {}, "fresh_head": [], "skipped": {}}
     for name, path in models.items():
-        print(f"[evaluate] {name}: {path}")
-        metrics, fresh = evaluate_dataset(path, ds, text, label, recipe["model"].get("task"), e.get("batch_size", 16),
-                                          e.get("max_length", 128), seed, num_labels=labels, where=where,
-                                          progress=f"evaluate {name}" if progress else None)
-        missing = [m for m in wanted or [] if m not in metrics]
-        if missing:
-            raise HfExpandError(f"evaluate.metrics: {', '.join(missing)} does not apply to this task "
-                                f"(available: {', '.join(metrics)})")
+        log(f"[evaluate] {name}: {path}")
+        try:
+            metrics, fresh = evaluate_dataset(path, ds, text, label, recipe["model"].get("task"), e.get("batch_size", 16),
+                                              e.get("max_length", 128), seed, num_labels=labels, where=where,
+                                              progress=f"evaluate {name}" if progress else None)
+        except HfExpandError as exc:
+            if name != "base":
+                raise
+            result["skipped"][name] = str(exc)  # e.g. rows labelled with labels only the grown head has
+            log(f"[evaluate] base skipped: {exc}")
+            continue
         result["metrics"][name] = {k: v for k, v in metrics.items() if not wanted or k in wanted}
         if fresh:
             result["fresh_head"].append(name)
     return result
+
+
+def held_out_split(data, source: str):
+    """(dataset, description): the ``test`` (else ``validation``) split of a dataset with splits; a single
+    file or split is all evaluation data."""
+    from datasets import DatasetDict
+
+    if not isinstance(data, DatasetDict):
+        return data, source
+    for split in ("test", "validation"):
+        if split in data:
+            return data[split], f"{source} ({split} split)"
+    if len(data) == 1:
+        return next(iter(data.values())), source
+    raise HfExpandError(f"evaluate.data {source} has splits {', '.join(data)} but no test or validation split; "
+                        f"save the split to evaluate on alone")
 
 
 def _finish_model(model: Path, out: Path, recipe: dict, evaluation: dict | None) -> None:
@@ -321,7 +353,7 @@ def _finish_model(model: Path, out: Path, recipe: dict, evaluation: dict | None)
     from .card import write_card
 
     record_path = model / RECORD_FILE
-    if not record_path.is_file() or not model.resolve().is_relative_to(out.resolve()):
+    if not record_path.is_file() or model.resolve() not in {(out / s).resolve() for s in ("grown", "trained")}:
         return
     text = yaml.safe_dump(recipe, sort_keys=False)
     record = json.loads(record_path.read_text())
@@ -361,3 +393,5 @@ def _print_summary(r: Runner, record: dict, evaluation: dict | None) -> None:
         for name, values in evaluation["metrics"].items():
             head = " (untrained head)" if name in evaluation["fresh_head"] else ""
             print(f"  {name + head:28s} " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        for name, why in (evaluation.get("skipped") or {}).items():
+            print(f"  {name:28s} not evaluated: {why}")

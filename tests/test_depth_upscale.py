@@ -59,7 +59,7 @@ def test_depth_upscale_copies_ranges_and_records_the_difference(family, tiny_che
         assert grown_layers[j].keys() == base_layers[src].keys()
         for rel, t in grown_layers[j].items():
             assert torch.equal(t, base_layers[src][rel]), (family, j, rel)
-    for name, t in base_rest.items():
+    for name, t in base_rest.items():  # everything outside the stack is unchanged
         assert torch.equal(grown_rest[name], t), name
     if getattr(base.config, "layer_types", None) is not None:
         assert grown.config.layer_types == [base.config.layer_types[s] for s in (0, 1, 1, 2)]
@@ -78,6 +78,8 @@ def test_depth_upscale_copies_ranges_and_records_the_difference(family, tiny_che
     assert new_layers == {"2"}
     card = (out / "README.md").read_text()
     assert "Not function-preserving" in card and "(recorded, not preserving)" in card
+    assert "function-preserving growth" not in card and "outputs are unchanged" not in card
+    assert card.startswith("---") and "\n# grown\n" in card  # titled after the folder, not its temporary name
 
 
 def test_ops_after_depth_upscale_are_held_to_its_output():
@@ -97,7 +99,7 @@ def test_threshold_fields_follow_or_refuse():
     config = tiny_config("qwen2")  # max_window_layers=1: layer 0 is treated differently
     plan = plan_growth(config, [DepthUpscale(ranges=((0, 3), (1, 3)))])[0]  # blocks 0,1,2,1,2
     assert plan.new_config.max_window_layers == 1
-    for ranges in (((0, 3), (0, 3)), ((1, 3), (0, 1))):  # a copy of block 0 would sit above other blocks
+    for ranges in (((0, 3), (0, 3)), ((1, 3), (0, 2))):  # a copy of block 0 would sit above other blocks
         with pytest.raises(UnsupportedArchitecture, match="max_window_layers"):
             plan_growth(config, [DepthUpscale(ranges=ranges)])
 
@@ -126,10 +128,17 @@ def test_bad_parameters(case):
 
 
 CLI_BAD = {
-    "trim_all": (["--depth-upscale", "3"], "leaves no layers"),
+    "trim_all": (["--depth-upscale", "3"], "would not grow"),
+    "trim_shrinks": (["--depth-upscale", "2"], "would not grow"),
+    "ranges_shrink": (["--depth-upscale", "0:2"], "not more than the model's 3"),
+    "ranges_too_many": (["--depth-upscale", ",".join(["0:3"] * 4000)], "more than 10000"),
     "range_past_end": (["--depth-upscale", "0:2,1:9"], "out of range"),
     "garbage": (["--depth-upscale", "x"], "like 0:24,8:32"),
 }
+
+
+def test_cli_bad_table_nonempty():
+    assert len(CLI_BAD) == 6
 
 
 @pytest.mark.parametrize("case", CLI_BAD)

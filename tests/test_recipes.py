@@ -29,6 +29,8 @@ def test_every_recipe_passes_dry_run(recipe, tiny_checkpoints, tiny_classifier_c
     if recipe.name != "quickstart.yaml":  # model ids are fields: point them at a local tiny checkpoint
         model = tiny_classifier_checkpoints("llama") if recipe.name in NEEDS_CLASSIFIER else tiny_checkpoints("llama")
         overrides = [f"model.id={model}", *TINY_OVERRIDES.get(recipe.name, [])]
+        if "your/" in recipe.read_text():  # a placeholder data file: point it at real local data
+            overrides.append(f"data.source={SENTENCES}")
     assert main(["run", str(recipe), "--dry-run", *overrides]) == 0
     out = capsys.readouterr().out
     assert "model:" in out and "parameters:" in out
@@ -134,7 +136,8 @@ def test_failed_stage_is_not_reused_and_edited_data_reruns(tmp_path, tiny_checkp
     ("data={text_column: text}", "data.source: required"),
     ("evaluate={metric: [accuracy]}", "evaluate.metric: unknown key"),
     ("evaluate={metrics: [bleu]}", "evaluate.metrics[0]: unknown metric 'bleu'"),
-    ("evaluate={metrics: [accuracy]}", "accuracy does not apply to this task (available: perplexity)"),
+    ("evaluate={metrics: [accuracy]}", "evaluate.metrics: accuracy does not apply to a causal-lm model (available: perplexity)"),
+    ("evaluate.data=/no/such.csv", "recipe: evaluate.data: /no/such.csv does not exist"),
     ("data.eval_ratio=null", "evaluate needs held-out data"),
 ])
 def test_more_bad_recipes(override, message, tmp_path, tiny_checkpoints, capsys):
@@ -144,8 +147,7 @@ def test_more_bad_recipes(override, message, tmp_path, tiny_checkpoints, capsys)
     assert main(["run", str(recipe), "--out", str(tmp_path / "o"), override, "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
-    if "does not apply" not in message:  # refused at load: nothing written
-        assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists()  # refused before any stage: nothing written
 
 
 def test_evaluate_stage_scores_each_model_and_lands_in_the_card(tmp_path, tiny_checkpoints, capsys):
@@ -195,3 +197,84 @@ def test_solar_recipe_records_the_difference_and_skips_the_base_check(tmp_path, 
     m = record["evaluation"]["metrics"]
     assert abs(m["grown"]["perplexity"] - m["base"]["perplexity"]) > 1e-3  # the seam changed the model
     assert "Not function-preserving" in (out / "trained" / "README.md").read_text()
+
+
+def test_class_label_names_name_the_fresh_head():
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    from hf_expand.train.data import count_labels
+
+    ds = Dataset.from_dict({"text": ["a", "b"], "label": [1, 0]},
+                           features=Features({"text": Value("string"), "label": ClassLabel(names=["noun.animal", "noun.food"])}))
+    assert count_labels(ds, "label") == ["noun.animal", "noun.food"]
+    assert count_labels(ds.cast_column("label", Value("int64")), "label") == 2
+
+
+def test_evaluate_defaults_and_a_base_without_the_added_labels(tmp_path, tiny_classifier_checkpoints, capsys):
+    """`evaluate: {}` scores every metric of the task; growth added a label the base lacks, so the base is
+    skipped with the reason (and the run does not fail after training)."""
+    import json
+
+    import torch
+
+    torch.set_num_threads(1)
+    rows = [{"text": s, "label": ["LABEL_0", "LABEL_1", "new_a"][i % 3]}
+            for i, s in enumerate(SENTENCES.read_text().splitlines())]
+    data = tmp_path / "cls.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{id: {tiny_classifier_checkpoints('bert')}}}\n"
+                      f"grow: {{operations: [{{add_labels: {{labels: [new_a]}}}}]}}\n"
+                      f"data: {{source: {data}, label_column: label, eval_ratio: 0.25}}\n"
+                      f"train: {{max_steps: 2, batch_size: 8}}\nevaluate: {{}}\n")
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    evaluation = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert set(evaluation["metrics"]) == {"grown", "trained"} and "new_a" in evaluation["skipped"]["base"]
+    assert set(evaluation["metrics"]["trained"]) == {"accuracy", "f1"}
+    assert "base                         not evaluated" in printed
+    assert "Not evaluated: base" in (out / "trained" / "README.md").read_text()
+
+
+def test_a_later_train_drops_the_parents_evaluation(tmp_path, tiny_checkpoints, capsys):
+    import json
+
+    import torch
+
+    torch.set_num_threads(1)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{id: {tiny_checkpoints('llama')}}}\n"
+                      f"grow: {{operations: [{{add_layers: {{count: 1}}}}]}}\n"
+                      f"data: {{source: {SENTENCES}, eval_ratio: 0.2}}\nevaluate: {{metrics: [perplexity]}}\n")
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "-q"]) == 0
+    assert "evaluation" in json.loads((out / "grown" / "hf_expand_growth.json").read_text())
+    assert main(["train", str(out / "grown"), "--data", str(SENTENCES), "--out", str(tmp_path / "t"),
+                 "--max-steps", "1", "-q"]) == 0
+    assert "evaluation" not in json.loads((tmp_path / "t" / "hf_expand_growth.json").read_text())
+    assert "Held-out evaluation" not in (tmp_path / "t" / "README.md").read_text()
+
+
+def test_held_out_split_prefers_test_then_validation():
+    from datasets import Dataset, DatasetDict
+
+    from hf_expand.errors import HfExpandError
+    from hf_expand.run import held_out_split
+
+    def ds(n):
+        return Dataset.from_dict({"text": ["x"] * n})
+
+    assert len(held_out_split(DatasetDict(train=ds(5), test=ds(2)), "d")[0]) == 2
+    assert len(held_out_split(DatasetDict(train=ds(5), validation=ds(3)), "d")[0]) == 3
+    assert len(held_out_split(DatasetDict(train=ds(5)), "d")[0]) == 5  # a single file is all evaluation data
+    with pytest.raises(HfExpandError, match="no test or validation split"):
+        held_out_split(DatasetDict(train=ds(5), other=ds(1)), "d")
+
+
+def test_dry_run_checks_local_data_and_does_not_fetch_hub_data(tmp_path, tiny_checkpoints, capsys):
+    recipe = tiny_recipe(tmp_path, tiny_checkpoints("llama"))
+    assert main(["run", str(recipe), "--dry-run", f"data.source={tmp_path / 'missing.jsonl'}"]) == 2
+    assert "recipe: data.source:" in capsys.readouterr().err
+    assert main(["run", str(recipe), "--dry-run", "data.source=someone/some_dataset"]) == 0
+    assert "its size is known once the data stage reads it" in capsys.readouterr().out

@@ -325,11 +325,10 @@ def ffn_size(config, group: FfnGroup) -> int:
     return int(value)
 
 
-def check_refusals(config, op: str, rules_of: str | None = None) -> None:
-    """Raise when the family's data says ``op`` cannot be applied to this config (and why).
-    ``rules_of``: apply another operation's rules (depth up-scaling shares those of add_layers)."""
+def check_refusals(config, op: str) -> None:
+    """Raise when the family's data says ``op`` cannot be applied to this config (and why)."""
     for r in family_data(config.model_type).refuse:
-        if r.op != (rules_of or op):
+        if r.op != op:
             continue
         if r.field is None:
             raise UnsupportedArchitecture(f"{op} is not supported for {config.model_type}: {r.why}")

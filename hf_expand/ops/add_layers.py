@@ -29,10 +29,9 @@ from ..errors import HfExpandError, UnsupportedArchitecture
 from ..plan import WHOLE, Fill, Plan, TensorStep
 from . import register
 from .common import updated_config
-from .stacking import stack_config_updates, stack_steps
+from .stacking import MAX_NEW_LAYERS, stack_config_updates, stack_steps
 
 PLACEMENTS = ("interleave", "top", "bottom")
-MAX_NEW_LAYERS = 10_000
 
 
 @register

@@ -25,7 +25,7 @@ from ..errors import HfExpandError
 from ..plan import Plan
 from . import register
 from .common import updated_config
-from .stacking import stack_config_updates, stack_steps
+from .stacking import MAX_NEW_LAYERS, stack_config_updates, stack_steps
 
 
 @register
@@ -59,14 +59,20 @@ class DepthUpscale:
 
     def resolved_ranges(self, num_layers: int) -> tuple[tuple[int, int], ...]:
         if self.ranges is None:
-            if self.trim >= num_layers:
-                raise HfExpandError(f"depth_upscale trim {self.trim} leaves no layers of a {num_layers}-layer "
-                                    f"model (trim must be below {num_layers})")
+            if 2 * self.trim >= num_layers:
+                raise HfExpandError(f"depth_upscale trim {self.trim} would not grow a {num_layers}-layer model "
+                                    f"(2 x {num_layers} - 2 x {self.trim} layers); trim must be below {num_layers / 2:g}")
             return ((0, num_layers - self.trim), (self.trim, num_layers))
         bad = [f"{a}:{b}" for a, b in self.ranges if b > num_layers]
         if bad:
             raise HfExpandError(f"depth_upscale range(s) {', '.join(bad)} out of range: the model has "
                                 f"{num_layers} layers (stop can be at most {num_layers})")
+        total = sum(b - a for a, b in self.ranges)
+        if total <= num_layers:
+            raise HfExpandError(f"depth_upscale ranges give {total} layers, not more than the model's {num_layers}; "
+                                f"this operation grows depth (ranges that repeat layers, e.g. 0:{num_layers},0:{num_layers})")
+        if total - num_layers > MAX_NEW_LAYERS:
+            raise HfExpandError(f"depth_upscale ranges add {total - num_layers} layers, more than {MAX_NEW_LAYERS}; is that a typo?")
         return self.ranges
 
     def layer_order(self, num_layers: int) -> list[tuple[bool, int]]:
@@ -80,7 +86,7 @@ class DepthUpscale:
         return order
 
     def plan(self, config, layout: ModelLayout) -> Plan:
-        check_refusals(config, self.name, rules_of="add_layers")
+        check_refusals(config, self.name)
         L = layout.num_layers
         ranges = self.resolved_ranges(L)
         order = self.layer_order(L)

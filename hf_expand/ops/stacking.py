@@ -10,6 +10,8 @@ from ..architectures import ModelLayout
 from ..errors import UnsupportedArchitecture
 from ..plan import WHOLE, Fill, TensorStep
 
+MAX_NEW_LAYERS = 10_000  # more is surely a typo
+
 
 def stack_steps(layout: ModelLayout, order: list[tuple[bool, int]], zero_new_branches: bool):
     """(steps by target, new_slices) for the stack described by ``order``.

@@ -67,9 +67,15 @@ def check_columns(ds, text_column: str, label_column: str | None, where: str) ->
 
 
 def count_labels(ds, label_column: str | None):
-    """Labels a fresh head needs for this data: max int label + 1, or the sorted distinct strings."""
+    """Labels a fresh head needs for this data: a ``ClassLabel`` column's names, max int label + 1, or the
+    sorted distinct strings."""
     if not label_column or label_column not in ds.column_names:
         return None
+    from datasets import ClassLabel
+
+    feature = ds.features.get(label_column)
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
     values = [v for v in ds[label_column] if v is not None]
     if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         return max(values) + 1 if min(values) >= 0 else None
@@ -107,6 +113,7 @@ def tokenize(ds, tokenizer, task: str, text_column: str, label_column: str | Non
     if len(ds) == 0:
         raise HfExpandError(f"no non-empty text in column {text_column!r}")
     want_pack = packing and task == "causal-lm"
+    max_length = min(max_length, model_max_length(config))
 
     def encode(batch):
         enc = tokenizer(batch[text_column], truncation=not want_pack, max_length=None if want_pack else max_length)
@@ -120,6 +127,13 @@ def tokenize(ds, tokenizer, task: str, text_column: str, label_column: str | Non
     keep = ["labels"] if "labels" in ds.column_names else []
     return ds.map(encode, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
                   desc="tokenizing")
+
+
+def model_max_length(config) -> int:
+    """Longest input the model's position table takes: its size less 2 (RoBERTa-style tables start after
+    the padding index), as the growth probes do; unbounded when the model has no position table."""
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(positions) - 2 if isinstance(positions, int) and positions > 2 else 1 << 30
 
 
 def collator(task: str, tokenizer, seed: int):

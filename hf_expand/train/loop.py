@@ -400,5 +400,6 @@ def _save_final(model, tokenizer, record, section, out: Path, a: TrainArgs) -> N
     if record.get("pushed_to"):  # the parent folder was pushed: that repo is this model's direct parent
         record["parent_repo"] = record.pop("pushed_to")
     record["training"] = section
+    record.pop("evaluation", None)  # a recipe's evaluation of the parent is about other models
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     write_card(out)

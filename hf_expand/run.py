@@ -174,6 +174,7 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
     ops = operations(recipe)
     summary: dict = {}
     stage_models = {"base": model}  # what the evaluate stage compares
+    stage_keys = {"base": model_key}  # their keys (paths differ between `--out runs/x` and `--out /abs/runs/x`)
 
     if ops:
         from .grow import grow_checkpoint
@@ -188,7 +189,7 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
 
         model = str(r.stage("grow", key, out / "grown", grow))
         model_key = key
-        stage_models["grown"] = model
+        stage_models["grown"], stage_keys["grown"] = model, key
 
     data_key, train_data, eval_data = None, None, None
     if recipe.get("data"):
@@ -262,12 +263,12 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
 
         model = str(r.stage("train", key, out / "trained", do_train))
         model_key = key
-        stage_models["trained"] = model
+        stage_models["trained"], stage_keys["trained"] = model, key
 
     evaluation = None
     if "evaluate" in recipe:
         e, d = recipe["evaluate"], recipe.get("data") or {}
-        key = _key(model_key, stage_models, data_key, e, path_signature(e.get("data")), d.get("text_column"),
+        key = _key(stage_keys, data_key, e, path_signature(e.get("data")), d.get("text_column"),
                    d.get("label_column"), recipe["model"].get("task"))
 
         def do_evaluate(tmp: Path):

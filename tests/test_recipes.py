@@ -150,7 +150,7 @@ def test_more_bad_recipes(override, message, tmp_path, tiny_checkpoints, capsys)
     assert not (tmp_path / "o").exists()  # refused before any stage: nothing written
 
 
-def test_evaluate_stage_scores_each_model_and_lands_in_the_card(tmp_path, tiny_checkpoints, capsys):
+def test_evaluate_stage_scores_each_model_and_lands_in_the_card(tmp_path, tiny_checkpoints, capsys, monkeypatch):
     import json
 
     import torch
@@ -175,6 +175,10 @@ def test_evaluate_stage_scores_each_model_and_lands_in_the_card(tmp_path, tiny_c
     assert "[evaluate] skipped" in again and "it ran in" in again
     log = (out / "run.log").read_text()
     assert log.count("[evaluate] done") == 1 and "[evaluate] skipped" in log
+    # the same run folder named relatively: still nothing to redo
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(recipe), "--out", "run", "-q"]) == 0
+    assert capsys.readouterr().out.count("skipped: settings and inputs unchanged") == 5
 
 
 def test_solar_recipe_records_the_difference_and_skips_the_base_check(tmp_path, tiny_checkpoints, capsys):

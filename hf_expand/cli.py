@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shlex
 import sys
 
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _push_flags(pu)
 
     rn = sub.add_parser("run", parents=[common], help="run a recipe: grow -> data -> augment -> train (with evaluation) -> push")
-    rn.add_argument("recipe", help="recipe YAML (see recipes/)")
+    rn.add_argument("recipe", nargs="?", help="recipe YAML file, or a shipped recipe's name (default: quickstart)")
     rn.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe values")
     rn.add_argument("--out", help="run folder (default: the recipe's out, else runs/<recipe name>)")
     rn.add_argument("--dry-run", action="store_true", help="validate and print the plan; load no weights")
@@ -424,11 +425,13 @@ def cmd_run(args) -> int:
     from .recipe import load_recipe
     from .run import dry_run, run_recipe
 
+    if args.recipe and "=" in args.recipe and not Path(args.recipe).is_file():  # `run a.b=1`: the default recipe
+        args.recipe, args.overrides = None, [args.recipe, *args.overrides]
     recipe = load_recipe(args.recipe, args.overrides)
     if args.dry_run:
         print(dry_run(recipe))
         return 0
-    out = args.out or recipe.get("out") or str(Path("runs") / Path(args.recipe).stem)
+    out = args.out or recipe.get("out") or str(Path("runs") / Path(args.recipe or "quickstart").stem)
     result = run_recipe(recipe, out, progress=not args.quiet)
     print(f"model: {result['model']}")
     return 0
@@ -472,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     except HfExpandError as exc:
         print(f"hf-expand: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `hf-expand ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("hf-expand: interrupted; nothing was written", file=sys.stderr)
         return 130

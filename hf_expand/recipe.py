@@ -122,10 +122,35 @@ def resolve_model_id(model_id: str) -> str:
     return str(Path(spec.origin).parent / sub)
 
 
-def load_recipe(path: str | Path, overrides=()) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise HfExpandError(f"recipe {path} does not exist")
+DEFAULT_RECIPE = "quickstart"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Recipes shipped with hf_expand, by name: ``recipes/`` of a source checkout (editable install), else
+    the copy a wheel installs under ``<prefix>/share/hf-expand/recipes``."""
+    import sys
+
+    for folder in (Path(__file__).resolve().parents[1] / "recipes", Path(sys.prefix) / "share" / "hf-expand" / "recipes"):
+        if folder.is_dir():
+            return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    return {}
+
+
+def find_recipe(name_or_path: str | None) -> Path:
+    """A recipe file, or the shipped recipe of that name (``quickstart``, ``llama-pro``...); no argument
+    means the quickstart."""
+    path = Path(name_or_path or DEFAULT_RECIPE)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    if path.parent == Path(".") and path.stem in shipped and path.suffix in ("", ".yaml"):
+        return shipped[path.stem]
+    raise HfExpandError(f"recipe {path} does not exist; give a YAML file or a shipped recipe name "
+                        f"({', '.join(shipped) or 'none found'})")
+
+
+def load_recipe(path: str | Path | None, overrides=()) -> dict:
+    path = find_recipe(None if path is None else str(path))
     try:
         recipe = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

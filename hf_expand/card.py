@@ -58,7 +58,8 @@ def _metrics_rows(training: dict) -> list[str]:
     keys = sorted({k for stage in ("base", "grown", "trained") for k in (m.get(stage) or {})})
     rows = [f"| {k} | {_fmt((m.get('base') or {}).get(k))} | {_fmt((m.get('grown') or {}).get(k))} | "
             f"{_fmt((m.get('trained') or {}).get(k))} |" for k in keys]
-    return ["| metric | base | grown (before training) | trained |", "| --- | ---: | ---: | ---: |", *rows] if rows else []
+    why = ["", f"Base not compared: {m['base_skipped']}."] if m.get("base_skipped") and rows else []
+    return ["| metric | base | grown (before training) | trained |", "| --- | ---: | ---: | ---: |", *rows, *why] if rows else []
 
 
 def build_card(folder: str | Path, repo_id: str | None = None, name: str | None = None):
@@ -78,7 +79,11 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
     data_sources = [d for d in (training.get("data_source"),) if _hub_id(d)]
     eval_results = []
     task = pipeline_tag(config)
-    for metric, value in ((training.get("metrics") or {}).get("trained") or {}).items():
+    evaluation = record.get("evaluation") or {}
+    # the model's own scores: the recipe's held-out evaluation of this model when there is one (its last
+    # entry), else the evaluation at the end of training
+    final = list((evaluation.get("metrics") or {}).values())[-1:] or [(training.get("metrics") or {}).get("trained") or {}]
+    for metric, value in final[0].items():
         if isinstance(value, (int, float)):
             eval_results.append(EvalResult(task_type=task, dataset_type=(data_sources or ["local"])[0],
                                            dataset_name=(data_sources or ["local evaluation data"])[0],
@@ -124,7 +129,7 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
                   f"- Learning rate {hp.get('lr')}" + (f" (new capacity {hp['new_lr']})" if hp.get("new_lr") else "")
                   + f", batch size {hp.get('batch_size')}, weight decay {hp.get('weight_decay')}, seed {hp.get('seed')}.",
                   f"- Loss {_fmt(training.get('first_loss'))} -> {_fmt(training.get('final_loss'))}.", ""]
-        rows = _metrics_rows(training)
+        rows = [] if evaluation.get("metrics") else _metrics_rows(training)  # the held-out table below supersedes
         if rows:
             lines += ["## Evaluation", "", *rows, ""]
         if (folder / "training_curve.png").is_file():
@@ -134,14 +139,14 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
                   "unchanged; train it with `hf-expand train`." if preserving else
                   "Not trained after growth: the outputs differ from the base model's (see above); continue training "
                   "with `hf-expand train --trainable all`."), ""]
-    evaluation = record.get("evaluation")
-    if evaluation and evaluation.get("metrics"):
+    if evaluation.get("metrics"):
         names = list(evaluation["metrics"])
         keys = sorted({k for m in evaluation["metrics"].values() for k in m})
         fresh = set(evaluation.get("fresh_head") or [])
         lines += ["## Held-out evaluation", "",
                   f"{evaluation.get('rows')} rows of {evaluation.get('data')}"
-                  + (f"; {', '.join(sorted(fresh))}: a seeded untrained head (the base has none)" if fresh else "") + ".", "",
+                  + f" (inputs cut at {evaluation.get('max_length', 128)} tokens)"
+                  + (f"; {', '.join(sorted(fresh))}: the same seeded untrained classification head" if fresh else "") + ".", "",
                   "| metric | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names),
                   *[f"| {k} | " + " | ".join(_fmt(evaluation["metrics"][n].get(k)) for n in names) + " |" for k in keys], ""]
         lines += [f"Not evaluated: {n} ({why})." for n, why in (evaluation.get("skipped") or {}).items()]

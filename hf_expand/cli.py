@@ -250,7 +250,7 @@ def _operations(args) -> list:
         from .ops.depth_upscale import DepthUpscale
 
         spec = args.depth_upscale.strip()
-        ops.append(DepthUpscale(trim=int(spec)) if spec.isdigit() else DepthUpscale(ranges=spec))
+        ops.append(DepthUpscale(trim=int(spec)) if spec.isascii() and spec.isdecimal() else DepthUpscale(ranges=spec))
     if args.add_labels is not None:
         ops.append(AddLabels(parse_list(args.add_labels, "--add-labels")))
     tokens = _read_tokens(args)
@@ -475,11 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     except HfExpandError as exc:
         print(f"hf-expand: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `hf-expand ... | head`: the reader left; no traceback
+    except BrokenPipeError:  # `hf-expand ... | head`: the reader left; no traceback (128 + SIGPIPE, as shells do)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 141
     except KeyboardInterrupt:
-        print("hf-expand: interrupted; nothing was written", file=sys.stderr)
+        print("hf-expand: interrupted; nothing half-written was left (finished recipe stages and training "
+              "checkpoints are kept)", file=sys.stderr)
         return 130
 
 

@@ -127,12 +127,20 @@ DEFAULT_RECIPE = "quickstart"
 
 def shipped_recipes() -> dict[str, Path]:
     """Recipes shipped with hf_expand, by name: ``recipes/`` of a source checkout (editable install), else
-    the copy a wheel installs under ``<prefix>/share/hf-expand/recipes``."""
+    the copy a wheel installs under ``<data>/share/hf-expand/recipes`` (the install scheme's data folder:
+    the environment's prefix, ``~/.local`` for ``--user``, ``/usr/local`` for Debian's pip)."""
+    import site
     import sys
+    import sysconfig
 
-    for folder in (Path(__file__).resolve().parents[1] / "recipes", Path(sys.prefix) / "share" / "hf-expand" / "recipes"):
-        if folder.is_dir():
-            return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    checkout = Path(__file__).resolve().parents[1]
+    folders = [checkout / "recipes"] if (checkout / "pyproject.toml").is_file() else []
+    roots = [sysconfig.get_path("data"), sys.prefix, site.getuserbase(), "/usr/local"]
+    folders += [Path(root) / "share" / "hf-expand" / "recipes" for root in roots if root]
+    for folder in folders:
+        found = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+        if found:
+            return {p.stem: p for p in found}
     return {}
 
 

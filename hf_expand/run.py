@@ -49,8 +49,10 @@ class Runner:
             shutil.rmtree(tmp)
         try:
             fn(tmp)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            self.log(f"[{name}] failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+                     echo=False)  # the command prints the error itself
             raise
         if output.exists():
             shutil.rmtree(output) if output.is_dir() else output.unlink()
@@ -62,9 +64,10 @@ class Runner:
         self.log(f"[{name}] done in {seconds:.1f}s")
         return output
 
-    def log(self, line: str) -> None:
+    def log(self, line: str, echo: bool = True) -> None:
         """Print ``line`` and append it, timestamped, to ``run.log`` in the run folder."""
-        print(line)
+        if echo:
+            print(line)
         with open(self.out / "run.log", "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
 
@@ -133,6 +136,22 @@ def _data_sizes(data: dict) -> tuple[int | None, str]:
     return len(train), f"{len(train)} training rows" + (f", {len(test)} held out" if test is not None else "")
 
 
+def _check_run_folder(recipe: dict, out: Path) -> None:
+    """The run folder is new, empty, or an earlier run's (it has ``stages.json``): its stage folders are
+    replaced on a rerun, so it must never be a folder of the user's, nor hold the run's own inputs."""
+    if out.exists() and not out.is_dir():
+        raise HfExpandError(f"{out} is a file; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "stages.json").is_file():
+        raise HfExpandError(f"{out} is not empty and not an hf-expand run folder (no stages.json); choose a new or "
+                            f"empty --out, so that none of its files is replaced")
+    d, e = recipe.get("data") or {}, recipe.get("evaluate") or {}
+    for where, value in (("model.id", recipe["model"]["id"]), ("data.source", d.get("source")),
+                         ("data.eval", d.get("eval")), ("evaluate.data", e.get("data"))):
+        if value and Path(value).exists() and Path(value).resolve().is_relative_to(out.resolve()):
+            raise HfExpandError(f"recipe: {where} {value} is inside the run folder {out}, whose stages replace their "
+                                f"folders; copy it elsewhere or choose another --out")
+
+
 def _preflight(recipe: dict) -> None:
     """Fail before any stage runs on what a later stage would trip over: a missing model or data file,
     evaluation metrics the task does not have. Reads configs only (also used by ``--dry-run``)."""
@@ -149,9 +168,21 @@ def _preflight(recipe: dict) -> None:
                 check_source(str(source))
             except HfExpandError as exc:
                 raise HfExpandError(f"recipe: {where}: {exc}") from None
-    if e and e.get("metrics"):
-        label = e.get("label_column") or d.get("label_column")
+    if str(d.get("source", "")).startswith("builtin:"):
+        from .builtin_data import BUILTIN, check_lexnames
+
+        if d["source"] != BUILTIN:
+            raise HfExpandError(f"recipe: data.source: unknown builtin {d['source']!r}; available: {BUILTIN}")
+        check_lexnames(d.get("lexnames") or [])
+    if not (recipe.get("train") or e is not None):
+        return
+    label = (e or {}).get("label_column") or d.get("label_column")
+    try:
         task = recipe["model"].get("task") or task_of(config, label)
+    except HfExpandError as exc:  # worded for the command line: say it in recipe keys
+        raise HfExpandError("recipe: " + str(exc).replace("pass --task classification", "set model.task: classification")
+                            .replace("pass --task (", "set model.task (").replace("--label-column", "data.label_column")) from None
+    if e and e.get("metrics"):
         available = ("accuracy", "f1") if task == "classification" else ("perplexity",)
         wrong = [m for m in e["metrics"] if m not in available]
         if wrong:
@@ -163,8 +194,7 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
     from .recipe import operations
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise HfExpandError(f"{out} is a file; choose another --out")
+    _check_run_folder(recipe, out)
     _preflight(recipe)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -295,7 +325,7 @@ def evaluate_stage(recipe: dict, models: dict[str, str], train_data: Path | None
                    progress: bool = True, log=print) -> dict:
     """Metrics of each stage's model (base, grown, trained) on the held-out data, with the same seeded
     fresh head wherever a bare encoder needs one (so base and grown heads are the same random head).
-    The base is skipped, with the reason, when it cannot read the data (labels added by growth)."""
+    The base is skipped, with the reason, when growth added labels (it cannot score rows labelled with them)."""
     from datasets import load_from_disk
 
     from .augment.data_io import load_data
@@ -311,21 +341,23 @@ def evaluate_stage(recipe: dict, models: dict[str, str], train_data: Path | None
         ds, where = load_from_disk(str(eval_data)), "the held-out split of data.source"
     else:
         raise HfExpandError("evaluate needs held-out data: set evaluate.data, or data.eval / data.eval_ratio")
+    D.check_columns(ds, text, label, where)
     labels = D.count_labels(load_from_disk(str(train_data)), label) if train_data is not None and label else None
     wanted = e.get("metrics")
-    result = {"data": where, "rows": len(ds), "metrics": {}, "fresh_head": [], "skipped": {}}
+    max_length = e.get("max_length") or (recipe.get("train") or {}).get("max_length") or 128
+    result = {"data": where, "rows": len(ds), "max_length": max_length, "metrics": {}, "fresh_head": [], "skipped": {}}
+    from .recipe import operations
+
+    added_labels = any(op.name == "add_labels" for op in operations(recipe))
     for name, path in models.items():
-        log(f"[evaluate] {name}: {path}")
-        try:
-            metrics, fresh = evaluate_dataset(path, ds, text, label, recipe["model"].get("task"), e.get("batch_size", 16),
-                                              e.get("max_length", 128), seed, num_labels=labels, where=where,
-                                              progress=f"evaluate {name}" if progress else None)
-        except HfExpandError as exc:
-            if name != "base":
-                raise
-            result["skipped"][name] = str(exc)  # e.g. rows labelled with labels only the grown head has
-            log(f"[evaluate] base skipped: {exc}")
+        if name == "base" and added_labels and label and len(models) > 1:
+            result["skipped"][name] = "growth added labels the base model does not have"
+            log(f"[evaluate] base skipped: {result['skipped'][name]}")
             continue
+        log(f"[evaluate] {name}: {path}")
+        metrics, fresh = evaluate_dataset(path, ds, text, label, recipe["model"].get("task"), e.get("batch_size", 16),
+                                          max_length, seed, num_labels=labels, where=where,
+                                          progress=f"evaluate {name}" if progress else None)
         result["metrics"][name] = {k: v for k, v in metrics.items() if not wanted or k in wanted}
         if fresh:
             result["fresh_head"].append(name)

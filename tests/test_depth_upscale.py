@@ -99,9 +99,23 @@ def test_threshold_fields_follow_or_refuse():
     config = tiny_config("qwen2")  # max_window_layers=1: layer 0 is treated differently
     plan = plan_growth(config, [DepthUpscale(ranges=((0, 3), (1, 3)))])[0]  # blocks 0,1,2,1,2
     assert plan.new_config.max_window_layers == 1
-    for ranges in (((0, 3), (0, 3)), ((1, 3), (0, 2))):  # a copy of block 0 would sit above other blocks
+    # with `layer_types` (transformers 5 always writes it), the per-layer list decides: copies of block 0 may
+    # go anywhere, and each keeps block 0's attention type
+    plan = plan_growth(config, [DepthUpscale(ranges=((0, 3), (0, 3)))])[0]
+    assert plan.new_config.layer_types == config.layer_types * 2
+    # a config without the list (older transformers): the threshold alone decides, so a copy of block 0
+    # above other blocks is refused
+    import copy
+
+    from hf_expand.architectures import describe
+    from hf_expand.ops.stacking import stack_config_updates
+
+    layout, old = describe(config), copy.deepcopy(config)
+    old.layer_types = None
+    for ranges in (((0, 3), (0, 3)), ((1, 3), (0, 2))):
+        order = DepthUpscale(ranges=ranges).layer_order(3)
         with pytest.raises(UnsupportedArchitecture, match="max_window_layers"):
-            plan_growth(config, [DepthUpscale(ranges=ranges)])
+            stack_config_updates(old, layout, order, "depth_upscale")
 
 
 BAD = {
@@ -134,11 +148,12 @@ CLI_BAD = {
     "ranges_too_many": (["--depth-upscale", ",".join(["0:3"] * 4000)], "more than 10000"),
     "range_past_end": (["--depth-upscale", "0:2,1:9"], "out of range"),
     "garbage": (["--depth-upscale", "x"], "like 0:24,8:32"),
+    "superscript_digit": (["--depth-upscale", "³"], "like 0:24,8:32"),
 }
 
 
 def test_cli_bad_table_nonempty():
-    assert len(CLI_BAD) == 6
+    assert len(CLI_BAD) == 7
 
 
 @pytest.mark.parametrize("case", CLI_BAD)

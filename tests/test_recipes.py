@@ -235,7 +235,7 @@ def test_evaluate_defaults_and_a_base_without_the_added_labels(tmp_path, tiny_cl
     assert main(["run", str(recipe), "--out", str(out), "-q"]) == 0
     printed = capsys.readouterr().out
     evaluation = json.loads((out / "evaluation" / "metrics.json").read_text())
-    assert set(evaluation["metrics"]) == {"grown", "trained"} and "new_a" in evaluation["skipped"]["base"]
+    assert set(evaluation["metrics"]) == {"grown", "trained"} and "added labels" in evaluation["skipped"]["base"]
     assert set(evaluation["metrics"]["trained"]) == {"accuracy", "f1"}
     assert "base                         not evaluated" in printed
     assert "Not evaluated: base" in (out / "trained" / "README.md").read_text()
@@ -299,6 +299,9 @@ def test_shipped_recipes_by_name_and_the_quickstart_default(capsys):
 
 
 def test_wheel_ships_the_recipes(tmp_path):
+    """Built from a copy of the tree (no build/ left in the checkout), installed without dependencies into
+    a venv that sees this environment's packages: `shipped_recipes` finds every recipe there."""
+    import shutil
     import subprocess
     import sys
     import zipfile
@@ -306,11 +309,69 @@ def test_wheel_ships_the_recipes(tmp_path):
     import setuptools
 
     root = Path(__file__).parents[1]
+    src = tmp_path / "src"
+    shutil.copytree(root, src, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache", "out"))
     # pyproject needs setuptools>=68: build in this environment when it has one (fast, offline), else isolated
     isolation = ["--no-build-isolation"] if int(setuptools.__version__.split(".")[0]) >= 68 else []
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(tmp_path), str(root)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(tmp_path), str(src)],
                    check=True, capture_output=True)
-    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
-    data = {Path(n).name for n in names if "/data/share/hf-expand/recipes/" in n}
-    assert data == {p.name for p in RECIPES}
+    wheel = next(tmp_path.glob("*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {Path(n).name for n in names if "/data/share/hf-expand/recipes/" in n} == {p.name for p in RECIPES}
     assert any(n.endswith("metric_modules/accuracy/accuracy.py") for n in names)
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", str(wheel)],
+                   check=True, capture_output=True)
+    found = subprocess.run([str(py), "-c", "import hf_expand.recipe as r; print(r.__file__); print(sorted(r.shipped_recipes()))"],
+                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout.splitlines()
+    assert str(venv) in found[0], found  # the installed wheel, not this checkout
+    assert found[1] == str(sorted(p.stem for p in RECIPES))
+
+
+def test_run_folder_must_be_new_empty_or_a_run(tmp_path, tiny_checkpoints, capsys):
+    recipe = tiny_recipe(tmp_path, tiny_checkpoints("llama"))
+    mine = tmp_path / "mine"
+    (mine / "data").mkdir(parents=True)
+    (mine / "data" / "notes.md").write_text("keep me")
+    assert main(["run", str(recipe), "--out", str(mine), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an hf-expand run folder" in err[0]
+    assert (mine / "data" / "notes.md").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["data"]
+    # a run's own input inside the run folder would be replaced by a stage
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stages.json").write_text("{}")
+    (run / "data.txt").write_text(SENTENCES.read_text())
+    assert main(["run", str(recipe), "--out", str(run), f"data.source={run / 'data.txt'}", "-q"]) == 2
+    assert "recipe: data.source" in capsys.readouterr().err
+
+
+def test_up_front_errors_in_recipe_terms(tmp_path, tiny_checkpoints, capsys):
+    """Problems a late stage would hit are refused before any stage, worded with recipe keys."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{id: {tiny_checkpoints('bert')}}}\ngrow: {{operations: [{{add_layers: {{count: 1}}}}]}}\n"
+                      f"data: {{source: {SENTENCES}, label_column: label, eval_ratio: 0.2}}\nevaluate: {{}}\n")
+    for override, message in (("data.seed=0", "set model.task: classification"),
+                               ("data.source=builtin:wordnet-lexname", "unknown builtin"),
+                               ("data.source=builtin:wordnet-lexnames", "data.lexnames: give two or more")):
+        assert main(["run", str(recipe), "--out", str(tmp_path / "o"), override, "-q"]) == 2, override
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and "--" not in err[0], err
+        assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_errors_are_not_swallowed(tmp_path, tiny_checkpoints, capsys):
+    import json
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{id: {tiny_checkpoints('llama')}}}\n"
+                      f"evaluate: {{data: {SENTENCES}, text_column: txt}}\n")
+    out = tmp_path / "o"
+    assert main(["run", str(recipe), "--out", str(out), "-q"]) == 2
+    assert "column 'txt' not found" in capsys.readouterr().err
+    assert "evaluate" not in json.loads((out / "stages.json").read_text())
+    assert "[evaluate] failed: column 'txt' not found" in (out / "run.log").read_text()

@@ -53,7 +53,9 @@ def stack_config_updates(config, layout: ModelLayout, order: list[tuple[bool, in
         old = getattr(config, key, None)
         if isinstance(old, int):
             below = [j for j, (_, src) in enumerate(order) if src < old]
-            if below != list(range(len(below))):
+            # transformers derives per-layer behaviour from the field only when the config has no
+            # `layer_types` list (which follows the blocks above); otherwise the count is informational
+            if below != list(range(len(below))) and not isinstance(getattr(config, "layer_types", None), list):
                 raise UnsupportedArchitecture(
                     f"{op} is not supported for this model: config.{key}={old} treats the first {old} layers "
                     f"differently, and this layer order puts copies of them at positions {below}; choose ranges "

@@ -113,7 +113,13 @@ def tokenize(ds, tokenizer, task: str, text_column: str, label_column: str | Non
     if len(ds) == 0:
         raise HfExpandError(f"no non-empty text in column {text_column!r}")
     want_pack = packing and task == "causal-lm"
-    max_length = min(max_length, model_max_length(config))
+    limit = model_max_length(config, tokenizer)
+    if max_length > limit:
+        import logging
+
+        logging.getLogger("hf_expand").info("max_length %d is more than the model takes: inputs are cut at %d tokens",
+                                            max_length, limit)
+        max_length = limit
 
     def encode(batch):
         enc = tokenizer(batch[text_column], truncation=not want_pack, max_length=None if want_pack else max_length)
@@ -129,11 +135,15 @@ def tokenize(ds, tokenizer, task: str, text_column: str, label_column: str | Non
                   desc="tokenizing")
 
 
-def model_max_length(config) -> int:
-    """Longest input the model's position table takes: its size less 2 (RoBERTa-style tables start after
-    the padding index), as the growth probes do; unbounded when the model has no position table."""
+def model_max_length(config, tokenizer=None) -> int:
+    """Longest input the model takes: the tokenizer's ``model_max_length`` when it is set and fits the
+    position table (RoBERTa: 512 of 514 rows), else the table's size less 2 (tables that start after the
+    padding index), as the growth probes do; unbounded when the model has no position table."""
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return int(positions) - 2 if isinstance(positions, int) and positions > 2 else 1 << 30
+    if not isinstance(positions, int) or positions <= 2:
+        return 1 << 30
+    declared = getattr(tokenizer, "model_max_length", None)
+    return declared if isinstance(declared, int) and 0 < declared <= positions else positions - 2
 
 
 def collator(task: str, tokenizer, seed: int):

@@ -136,6 +136,12 @@ def _data_sizes(data: dict) -> tuple[int | None, str]:
     return len(train), f"{len(train)} training rows" + (f", {len(test)} held out" if test is not None else "")
 
 
+def _data_inputs(recipe: dict) -> list[tuple[str, str | None]]:
+    """(recipe key, value) of every data input a run reads."""
+    d, e = recipe.get("data") or {}, recipe.get("evaluate") or {}
+    return [("data.source", d.get("source")), ("data.eval", d.get("eval")), ("evaluate.data", e.get("data"))]
+
+
 def _check_run_folder(recipe: dict, out: Path) -> None:
     """The run folder is new, empty, or an earlier run's (it has ``stages.json``): its stage folders are
     replaced on a rerun, so it must never be a folder of the user's, nor hold the run's own inputs."""
@@ -144,9 +150,7 @@ def _check_run_folder(recipe: dict, out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / "stages.json").is_file():
         raise HfExpandError(f"{out} is not empty and not an hf-expand run folder (no stages.json); choose a new or "
                             f"empty --out, so that none of its files is replaced")
-    d, e = recipe.get("data") or {}, recipe.get("evaluate") or {}
-    for where, value in (("model.id", recipe["model"]["id"]), ("data.source", d.get("source")),
-                         ("data.eval", d.get("eval")), ("evaluate.data", e.get("data"))):
+    for where, value in [("model.id", recipe["model"]["id"]), *_data_inputs(recipe)]:
         if value and Path(value).exists() and Path(value).resolve().is_relative_to(out.resolve()):
             raise HfExpandError(f"recipe: {where} {value} is inside the run folder {out}, whose stages replace their "
                                 f"folders; copy it elsewhere or choose another --out")
@@ -161,8 +165,7 @@ def _preflight(recipe: dict) -> None:
 
     config = load_config(recipe["model"]["id"])
     d, e = recipe.get("data") or {}, recipe.get("evaluate")
-    for where, source in (("data.source", d.get("source")), ("data.eval", d.get("eval")),
-                          ("evaluate.data", (e or {}).get("data"))):
+    for where, source in _data_inputs(recipe):
         if source and not str(source).startswith("builtin:"):
             try:
                 check_source(str(source))
@@ -229,10 +232,8 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
         def make_data(tmp: Path):
             tmp.mkdir(parents=True)
             if str(d.get("source", "")).startswith("builtin:"):
-                from .builtin_data import BUILTIN, wordnet_lexname_glosses
+                from .builtin_data import wordnet_lexname_glosses  # the name was checked up front
 
-                if d["source"] != BUILTIN:
-                    raise HfExpandError(f"data.source: unknown builtin {d['source']!r}; available: {BUILTIN}")
                 train, test = wordnet_lexname_glosses(d.get("lexnames") or [], d.get("per_class", 100),
                                                       d.get("test_per_class", 50), d.get("seed", 0))
             else:

@@ -75,15 +75,13 @@ def test_readme_commands_parse():
         assert not extra, f"README: {line!r}: unknown arguments {extra}"
 
 
-def _stand_ins(root: Path) -> dict[str, Path]:
+def _stand_ins(root: Path, llama: Path) -> dict[str, Path]:
     """Small checkpoints for the Hub ids README names (tiny llama; a 32-layer tiny mistral for SOLAR)."""
     from conftest import minilm_path
-    from matrix import tiny_config, tiny_model, tiny_tokenizer
+    from matrix import tiny_config, tiny_tokenizer
     from transformers import AutoModelForCausalLM
 
-    llama, mistral = root / "llama", root / "mistral"
-    tiny_model("llama").save_pretrained(llama)
-    tiny_tokenizer().save_pretrained(llama)
+    mistral = root / "mistral"
     config = tiny_config("mistral")
     config.num_hidden_layers = 32
     AutoModelForCausalLM.from_config(config).save_pretrained(mistral)
@@ -93,9 +91,9 @@ def _stand_ins(root: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, tiny_checkpoints):
     server = HubServer(tmp_path_factory.mktemp("hub"), {TOKEN: "your-name"})
-    for repo_id, folder in _stand_ins(tmp_path_factory.mktemp("stand_ins")).items():
+    for repo_id, folder in _stand_ins(tmp_path_factory.mktemp("stand_ins"), tiny_checkpoints("llama")).items():
         server.seed(repo_id, folder)
     endpoint = server.start()
     work = tmp_path_factory.mktemp("readme")

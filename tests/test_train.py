@@ -23,12 +23,11 @@ SENTENCES = Path(__file__).parent / "data" / "sentences.txt"
 
 
 @pytest.fixture(scope="module")
-def grown_llama(tmp_path_factory) -> Path:
+def grown_llama(tmp_path_factory, tiny_checkpoints) -> Path:
     """A tiny llama grown with widen_ffn x1.5 and one added layer (with its growth record)."""
     root = tmp_path_factory.mktemp("train")
-    tiny_model("llama").save_pretrained(root / "base")
-    tiny_tokenizer().save_pretrained(root / "base")
-    grow_checkpoint(str(root / "base"), root / "grown", [WidenFFN(factor=1.5), AddLayers(count=1)], progress=False)
+    grow_checkpoint(str(tiny_checkpoints("llama")), root / "grown", [WidenFFN(factor=1.5), AddLayers(count=1)],
+                    progress=False)
     return root / "grown"
 
 
@@ -289,11 +288,9 @@ def test_classification_on_grown_minilm_beats_untrained_head(tmp_path):
     assert m["trained"]["accuracy"] > m["grown"]["accuracy"] + 0.1, m
 
 
-def test_lora_on_layers_only_growth(tmp_path):
+def test_lora_on_layers_only_growth(tmp_path, tiny_checkpoints):
     """LLaMA-Pro-style growth (new layers only): LoRA goes on the old layers' linears, new layers train fully."""
-    tiny_model("llama").save_pretrained(tmp_path / "base")
-    tiny_tokenizer().save_pretrained(tmp_path / "base")
-    grow_checkpoint(str(tmp_path / "base"), tmp_path / "grown", [AddLayers(count=1)], progress=False)
+    grow_checkpoint(str(tiny_checkpoints("llama")), tmp_path / "grown", [AddLayers(count=1)], progress=False)
     section = run(tmp_path / "grown", tmp_path / "lora", trainable="lora", max_steps=3)
     assert section["lora_merge_max_abs_diff"] <= 1e-5
 

@@ -16,11 +16,9 @@ SENTENCES = Path(__file__).parent / "data" / "sentences.txt"
 
 
 @pytest.fixture(scope="module")
-def grown(tmp_path_factory) -> Path:
+def grown(tmp_path_factory, tiny_checkpoints) -> Path:
     root = tmp_path_factory.mktemp("train_cli")
-    tiny_model("llama").save_pretrained(root / "base")
-    tiny_tokenizer().save_pretrained(root / "base")
-    grow_checkpoint(str(root / "base"), root / "grown", [AddLayers(count=1)], progress=False)
+    grow_checkpoint(str(tiny_checkpoints("llama")), root / "grown", [AddLayers(count=1)], progress=False)
     return root / "grown"
 
 

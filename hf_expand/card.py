@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from .grow import RECORD_FILE
-from .model_io import _is_hub_id
+from .lineage import base_model, is_hub_id, public_source
 
 # architecture suffix -> (pipeline tag, the Auto class that loads it)
 HEADS = (("ForCausalLM", "text-generation", "AutoModelForCausalLM"), ("ForMaskedLM", "fill-mask", "AutoModelForMaskedLM"),
@@ -17,13 +17,9 @@ HEADS = (("ForCausalLM", "text-generation", "AutoModelForCausalLM"), ("ForMasked
          ("ForQuestionAnswering", "question-answering", "AutoModelForQuestionAnswering"))
 
 
-def _hub_id(value) -> str | None:
-    return value if isinstance(value, str) and _is_hub_id(value) and not Path(value).exists() else None
-
-
 def parent_repo(record: dict) -> str | None:
-    """The direct parent on the Hub: the repo the parent folder was pushed to, else the growth source."""
-    return record.get("parent_repo") or _hub_id(record.get("source"))
+    """The card's ``base_model`` (see ``lineage.base_model``)."""
+    return base_model(record)
 
 
 def _head(config: dict) -> tuple[str, str]:
@@ -43,7 +39,7 @@ def base_license(source: str | None) -> str | None:
         return None
     try:
         path = Path(source) / "README.md"
-        card = ModelCard.load(path) if path.is_file() else (ModelCard.load(source) if _hub_id(source) else None)
+        card = ModelCard.load(path) if path.is_file() else (ModelCard.load(source) if is_hub_id(source) else None)
     except Exception:  # noqa: BLE001 - no card, offline, private: the license is just unknown
         return None
     return getattr(card.data, "license", None) if card is not None else None
@@ -62,6 +58,24 @@ def _metrics_rows(training: dict) -> list[str]:
     return ["| metric | base | grown (before training) | trained |", "| --- | ---: | ---: | ---: |", *rows, *why] if rows else []
 
 
+def _dataset_words(ds: dict) -> str:
+    return f"`{ds['name']}`" + (f" ({ds['split']} split)" if ds.get("split") else "")
+
+
+def held_out_scores(record: dict) -> tuple[dict | None, dict]:
+    """(dataset {name, type, split}, metrics) of this model on held-out data, for ``model-index``: the
+    recipe's evaluation (its last model), else the end-of-training evaluation when it ran on held-out data.
+    Metrics on training rows are never returned: they are not evaluation results."""
+    evaluation = record.get("evaluation") or {}
+    if evaluation.get("metrics") and evaluation.get("dataset"):
+        return evaluation["dataset"], list(evaluation["metrics"].values())[-1]
+    training = record.get("training") or {}
+    metrics = training.get("metrics") or {}
+    if metrics.get("dataset") and metrics.get("held_out") and metrics.get("trained"):
+        return metrics["dataset"], metrics["trained"]
+    return None, {}
+
+
 def build_card(folder: str | Path, repo_id: str | None = None, name: str | None = None):
     """``huggingface_hub.ModelCard`` for the model in ``folder`` (``repo_id``: where it is being pushed;
     ``name``: the folder's final name when it is being written under a temporary one)."""
@@ -76,25 +90,21 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
     ops = record.get("operations") or []
     name = repo_id or name or folder.name
     tags = ["hf-expand", "model-growth", *sorted({o["op"].replace("_", "-") for o in ops})]
-    data_sources = [d for d in (training.get("data_source"),) if _hub_id(d)]
-    eval_results = []
+    data_sources = [d for d in (training.get("data_source"),) if is_hub_id(d) and "/" in d]
     task = pipeline_tag(config)
     evaluation = record.get("evaluation") or {}
-    # the model's own scores: the recipe's held-out evaluation of this model when there is one (its last
-    # entry), else the evaluation at the end of training
-    final = list((evaluation.get("metrics") or {}).values())[-1:] or [(training.get("metrics") or {}).get("trained") or {}]
-    for metric, value in final[0].items():
-        if isinstance(value, (int, float)):
-            eval_results.append(EvalResult(task_type=task, dataset_type=(data_sources or ["local"])[0],
-                                           dataset_name=(data_sources or ["local evaluation data"])[0],
-                                           metric_type=metric, metric_value=float(value)))
+    eval_results = [EvalResult(task_type=task, dataset_type=ds["type"], dataset_name=ds["name"],
+                               dataset_split=ds.get("split"), metric_type=metric, metric_name=metric,
+                               metric_value=float(value))
+                    for ds, scores in [held_out_scores(record)] if ds
+                    for metric, value in scores.items() if isinstance(value, (int, float))]
     data = ModelCardData(
         base_model=parent, base_model_relation="finetune" if parent else None, tags=tags,
         library_name="transformers", pipeline_tag=task, license=record.get("license"),
         datasets=data_sources or None, model_name=name if eval_results else None, eval_results=eval_results or None,
     )
     lines = [f"# {name}", ""]
-    origin = parent or record.get("source") or "an unknown base"
+    origin = parent or public_source(record.get("source")) or "an unknown base"
     v = record.get("verification") or {}
     preserving = v.get("function_preserving", True)
     against = "the base" if v.get("compared_with", "base") == "base" else v["compared_with"]
@@ -131,7 +141,11 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
                   f"- Loss {_fmt(training.get('first_loss'))} -> {_fmt(training.get('final_loss'))}.", ""]
         rows = [] if evaluation.get("metrics") else _metrics_rows(training)  # the held-out table below supersedes
         if rows:
-            lines += ["## Evaluation", "", *rows, ""]
+            m = training.get("metrics") or {}
+            where = (f"Held-out data: {_dataset_words(m['dataset'])}." if m.get("held_out") and m.get("dataset") else
+                     f"Training-set figures ({m.get('on') or 'rows of the training data'}), not an evaluation: "
+                     f"no held-out data was given to training.")
+            lines += ["## Evaluation" if m.get("held_out") else "## Training-set metrics", "", where, "", *rows, ""]
         if (folder / "training_curve.png").is_file():
             lines += ["![training curve: loss per step (blue), eval metric (red)](training_curve.png)", ""]
     else:
@@ -144,7 +158,8 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
         keys = sorted({k for m in evaluation["metrics"].values() for k in m})
         fresh = set(evaluation.get("fresh_head") or [])
         lines += ["## Held-out evaluation", "",
-                  f"{evaluation.get('rows')} rows of {evaluation.get('data')}"
+                  f"{evaluation.get('rows')} rows of "
+                  + (_dataset_words(evaluation["dataset"]) if evaluation.get("dataset") else str(evaluation.get("data")))
                   + f" (inputs cut at {evaluation.get('max_length', 128)} tokens)"
                   + (f"; {', '.join(sorted(fresh))}: the same seeded untrained classification head" if fresh else "") + ".", "",
                   "| metric | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names),
@@ -157,7 +172,7 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
               "```", "", "No custom code and no hf_expand needed.", ""]
     if (folder / "recipe.yaml").is_file():
         lines += ["## Recipe", "", "```yaml", (folder / "recipe.yaml").read_text().rstrip(), "```", ""]
-    commands = [c for c in (record.get("command"), training.get("command")) if c]
+    commands = list(dict.fromkeys(c for c in (record.get("command"), training.get("command")) if c))
     if commands:
         lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))

@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import shlex
 import sys
 
 from . import __version__
@@ -37,20 +36,11 @@ def _push_flags(p, prefix: str = "") -> None:
 
 
 def _recorded_command() -> str:
-    """The command line as recorded in records and cards, with any --token value replaced by ***."""
-    argv, out, hide = sys.argv[1:], ["hf-expand"], False
-    for arg in argv:
-        if hide:
-            out.append("***")
-            hide = False
-        elif arg == "--token":
-            out.append(arg)
-            hide = True
-        elif arg.startswith("--token="):
-            out.append("--token=***")
-        else:
-            out.append(arg)
-    return shlex.join(out)
+    """The command line as recorded in records and cards: --token values replaced by ***, local paths by
+    their public names (``lineage.public_command``)."""
+    from .lineage import public_command
+
+    return public_command(sys.argv[1:])
 
 
 def _number(text: str) -> float:
@@ -103,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--push-to", metavar="REPO", help="push the grown model to this Hub repo when done")
     _push_flags(g)
     g.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code from the source")
+    g.add_argument("--base-model", metavar="ORG/NAME",
+                   help="Hub id of the model SRC is a local copy of: the card's base_model (lineage on the Hub)")
 
     a = sub.add_parser("augment", parents=[common], help="augment the text of a dataset (file, save_to_disk folder or Hub id)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -125,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--drop-duplicates", action="store_true",
                    help="drop augmented rows identical to their original or an earlier copy (default: keep and count)")
     a.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    a.add_argument("--trust-remote-code", action="store_true",
+                   help="let augmenter models (contextual, back_translation) run the custom code their repository "
+                        "names (auto_map); only for models you trust (default: such models are refused)")
 
     t = sub.add_parser("train", parents=[common], help="train a (grown) model: new capacity only, everything, or LoRA")
     t.add_argument("model", help="model folder (grown by hf-expand for --trainable new/lora) or Hub id")
@@ -150,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = t.add_mutually_exclusive_group()
     e.add_argument("--eval-data", help="evaluation data (same forms as --data)")
     e.add_argument("--eval-ratio", type=float, help="carve this share of --data out for evaluation (by source_index if augmented)")
+    t.add_argument("--eval-split", metavar="NAME",
+                   help="split of --eval-data to evaluate on (default: test, else validation; never train by accident)")
+    t.add_argument("--base-model", metavar="ORG/NAME",
+                   help="Hub id of the model MODEL is a local copy of, when it has no hf-expand record naming one: "
+                        "the card's base_model")
     t.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (and always at the end)")
     t.add_argument("--save-every", type=int, default=0, help="checkpoint (accelerator.save_state) every N steps")
     t.add_argument("--log-every", type=int, default=10)
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True)
     ev.add_argument("--text-column", default="text")
     ev.add_argument("--label-column")
+    ev.add_argument("--split", metavar="NAME", help="split of --data to evaluate on (default: test, else validation)")
     ev.add_argument("--task", choices=["causal-lm", "masked-lm", "classification"])
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--max-length", type=int, default=128)
@@ -293,7 +294,7 @@ def cmd_grow(args) -> int:
         args.src, args.out, ops, seed=args.seed, tolerance=args.tolerance, probe_texts=args.probe_text,
         accept_difference=args.accept_difference, overwrite=args.overwrite,
         trust_remote_code=args.trust_remote_code, command=_recorded_command(),
-        progress=not args.quiet,
+        progress=not args.quiet, base_model=args.base_model,
     )
     for o in report.operations:
         print(f"{o.op}: {o.summary}; params {o.params_before:,} -> {o.params_after:,}; max|diff| {o.max_abs_diff:.3g}"
@@ -335,6 +336,7 @@ def cmd_augment(args) -> int:
 
     from .augment import augment_dataset, resolve, summarize
     from .augment.data_io import load_data, save_data
+    from .augment.pipeline import check_augmenter_models
     from .model_io import atomic_output_dir, check_output_dir
 
     columns = [c.strip() for item in args.text_column for c in item.split(",") if c.strip()]
@@ -347,6 +349,7 @@ def cmd_augment(args) -> int:
     _check_common(args)
     check_output_dir(args.out, args.overwrite, args.data)
     specs = resolve(args.augment or ["synonym"])  # validated before any data is read
+    check_augmenter_models(specs, args.trust_remote_code)  # models naming custom code: refused up front
     if args.quiet:
         import datasets
 
@@ -359,7 +362,7 @@ def cmd_augment(args) -> int:
     out = augment_dataset(data, specs, columns, copies=args.copies, seed=args.seed, num_proc=args.num_proc,
                           splits=splits, keep_original=not args.no_original,
                           duplicates="drop" if args.drop_duplicates else "keep", batch_size=args.batch_size,
-                          progress=not args.quiet)
+                          progress=not args.quiet, trust_remote_code=args.trust_remote_code)
     seconds = time.perf_counter() - start
     pairs = [("rows", data, out)] if not hasattr(data, "keys") else [(s, data[s], out[s]) for s in splits]
     lines = [f"{name}: {summarize(before, after, columns, args.copies, seconds)}" for name, before, after in pairs]
@@ -400,7 +403,7 @@ def cmd_evaluate(args) -> int:
     from .train.evaluation import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.model, args.data, args.text_column, args.label_column, args.task,
-                                  args.batch_size, args.max_length, args.seed)
+                                  args.batch_size, args.max_length, args.seed, split=args.split)
     print(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return 0
 
@@ -454,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.overrides = [*args.overrides, *extra]
             else:
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+        from .logs import setup_logging
+
+        setup_logging(args.quiet)
         if args.quiet:
             import transformers
 

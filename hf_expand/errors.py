@@ -11,3 +11,15 @@ class UnsupportedArchitecture(HfExpandError):
 
 class PreservationError(HfExpandError):
     """The grown model's outputs differ from the base model's by more than the tolerance."""
+
+
+class NonFiniteOutputs(PreservationError):
+    """A model computes NaN or inf on the probe inputs: never "preserved", whatever the tolerance or
+    ``accept_difference``. ``where`` names the side: ``"base"``, ``"grown"`` or ``"both"``."""
+
+    def __init__(self, message: str, where: str):
+        super().__init__(message)
+        self.where = where
+
+    def __reduce__(self):  # picklable (multiprocessing, accelerate) despite the extra argument
+        return type(self), (str(self), self.where)

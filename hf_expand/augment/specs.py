@@ -38,14 +38,17 @@ class AugmenterType:
 
     ``build(params)`` returns an object with ``augment(texts, seeds) -> list[str]``: one output per text,
     where ``seeds[i]`` is the only source of randomness for ``texts[i]`` (that is what makes results
-    independent of batching and worker count).
+    independent of batching and worker count). Types with ``loads_models`` load Hub/local models and are
+    built with ``build(params, trust_remote_code=...)``: whether the models' own code may run is the caller's
+    choice (``--trust-remote-code``), never part of the spec.
     """
 
     name: str
     help: str
     params: tuple[Param, ...]
-    build: Callable[[dict], Any]
+    build: Callable[..., Any]
     uses_torch: bool = False
+    loads_models: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

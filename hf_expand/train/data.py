@@ -35,18 +35,48 @@ def _one_split(data, what: str):
     return data
 
 
-def load_splits(data: str, eval_data: str | None, eval_ratio: float | None, seed: int):
-    """(train, eval or None). An eval ratio carves by ``source_index`` when the data is augmented."""
+def held_out_split(data, source: str, split: str | None = None, what: str = "--eval-data"):
+    """(dataset, split name or None): ``split`` when given, else the ``test``, then the ``validation`` split
+    of a dataset with splits; a single file or split is all evaluation data. Never the training split by
+    accident: a DatasetDict without test/validation is refused with its splits listed."""
+    from datasets import DatasetDict
+
+    if not isinstance(data, DatasetDict):
+        if split is not None:
+            raise HfExpandError(f"{what} {source} has no splits (a single dataset); drop the split option")
+        return data, None
+    if split is not None:
+        if split not in data:
+            raise HfExpandError(f"{what} {source} has no split {split!r}; splits: {', '.join(data)}")
+        return data[split], split
+    for name in ("test", "validation"):
+        if name in data:
+            return data[name], name
+    if len(data) == 1:
+        return next(iter(data.values())), next(iter(data))
+    raise HfExpandError(f"{what} {source} has splits {', '.join(data)} but no test or validation split; "
+                        f"name the one to evaluate on (--eval-split / the recipe's split key)")
+
+
+def load_train_eval(data: str, eval_data: str | None, eval_ratio: float | None, seed: int,
+                    eval_split: str | None = None):
+    """(train, eval or None, eval dataset {name, type, split} or None). An eval ratio carves by
+    ``source_index`` when the data is augmented; ``--eval-data`` follows ``held_out_split``."""
     from ..augment.data_io import load_data
     from ..augment.pipeline import SOURCE_INDEX, split_by_source
+    from ..lineage import public_source
 
     train = _one_split(load_data(data), data)
     if len(train) == 0:
         raise HfExpandError(f"{data} has no rows")
     if eval_data and eval_ratio:
         raise HfExpandError("give --eval-data or --eval-ratio, not both")
+    if eval_split and not eval_data:
+        raise HfExpandError("--eval-split names a split of --eval-data; give --eval-data too")
     if eval_data:
-        return train, _one_split(load_data(eval_data), eval_data)
+        ds, split = held_out_split(load_data(eval_data), eval_data, eval_split)
+        name = public_source(eval_data)
+        return train, ds, {"name": name, "type": name, "split": split}
     if eval_ratio:
         if not 0 < eval_ratio < 1:
             raise HfExpandError(f"--eval-ratio must be in (0, 1), got {eval_ratio}")
@@ -56,8 +86,15 @@ def load_splits(data: str, eval_data: str | None, eval_ratio: float | None, seed
             if len(train) < 2:
                 raise HfExpandError("need at least two rows to carve an eval split")
             parts = train.train_test_split(test_size=eval_ratio, seed=seed)
-        return parts["train"], parts["test"]
-    return train, None
+        name = public_source(data)
+        return parts["train"], parts["test"], {"name": name, "type": name,
+                                               "split": f"held-out {eval_ratio:g} of the training data (seed {seed})"}
+    return train, None, None
+
+
+def load_splits(data: str, eval_data: str | None, eval_ratio: float | None, seed: int, eval_split: str | None = None):
+    """(train, eval or None): ``load_train_eval`` without the description."""
+    return load_train_eval(data, eval_data, eval_ratio, seed, eval_split)[:2]
 
 
 def check_columns(ds, text_column: str, label_column: str | None, where: str) -> None:

@@ -34,8 +34,15 @@ def evaluate_dataset(model_path: str, ds, text_column: str = "text", label_colum
 
 
 def evaluate_checkpoint(model_path: str, data: str, text_column: str = "text", label_column: str | None = None,
-                        task: str | None = None, batch_size: int = 16, max_length: int = 128, seed: int = 0) -> dict:
+                        task: str | None = None, batch_size: int = 16, max_length: int = 128, seed: int = 0,
+                        split: str | None = None) -> dict:
+    """Metrics of ``model_path`` on ``data``: its ``split``, else its test, then validation split (a
+    single file is all evaluation data; a DatasetDict with neither is refused, never the train split)."""
+    from ..augment.data_io import load_data
     from . import data as D
 
-    ds, _ = D.load_splits(data, None, None, seed)
-    return evaluate_dataset(model_path, ds, text_column, label_column, task, batch_size, max_length, seed, where=data)[0]
+    ds, split = D.held_out_split(load_data(data), data, split, what="--data")
+    if len(ds) == 0:
+        raise HfExpandError(f"{data} has no rows to evaluate")
+    where = f"{data} ({split} split)" if split else data
+    return evaluate_dataset(model_path, ds, text_column, label_column, task, batch_size, max_length, seed, where=where)[0]

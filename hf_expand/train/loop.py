@@ -44,6 +44,7 @@ class TrainArgs:
     packing: bool = False
     eval_data: str | None = None
     eval_ratio: float | None = None
+    eval_split: str | None = None
     eval_every: int = 0
     save_every: int = 0
     log_every: int = 10
@@ -53,12 +54,16 @@ class TrainArgs:
     lora_alpha: int = 16
     save_adapter: bool = False
     command: str | None = None  # how the run was started (recorded, not compared on --resume)
+    base_model: str | None = None  # lineage for the card when MODEL is a local folder (not compared on --resume)
 
     def identity(self) -> dict:
         """What a resumed run must share with the run it resumes."""
         d = dataclasses.asdict(self)
         d.pop("out")
         d.pop("command")
+        d.pop("base_model")
+        if d.get("eval_split") is None:  # runs saved before --eval-split existed resume unchanged
+            d.pop("eval_split")
         return d
 
 
@@ -74,6 +79,10 @@ def _check_args(a: TrainArgs) -> None:
         raise HfExpandError(f"--epochs must be > 0, got {a.epochs}")
     if not a.lr > 0 or (a.new_lr is not None and not a.new_lr > 0):
         raise HfExpandError("learning rates must be > 0")
+    from ..lineage import is_hub_id
+
+    if a.base_model is not None and not (is_hub_id(a.base_model) and "/" in a.base_model):
+        raise HfExpandError(f"--base-model {a.base_model!r} is not a Hub model id; use org/name")
     if a.mixed_precision not in ("no", "bf16", "fp16"):
         raise HfExpandError(f"--mixed-precision must be no, bf16 or fp16, got {a.mixed_precision}")
 
@@ -116,7 +125,7 @@ def load_for_training(a: TrainArgs, num_labels=None):
     config = load_config(a.model)
     task = a.task or task_of(config, a.label_column)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(a.model)
+        tokenizer = AutoTokenizer.from_pretrained(a.model, trust_remote_code=False)
     except Exception:  # noqa: BLE001
         raise HfExpandError(f"{a.model} has no tokenizer; save one beside the model (tokenizer.save_pretrained)") from None
     cls = {"causal-lm": transformers.AutoModelForCausalLM, "masked-lm": transformers.AutoModelForMaskedLM,
@@ -130,13 +139,27 @@ def load_for_training(a: TrainArgs, num_labels=None):
             kwargs["num_labels"] = num_labels or config.num_labels  # a fresh head on a bare encoder, sized by the data
     record_path = Path(a.model) / RECORD_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    from ..logs import quiet_load_report
+
     try:
-        loaded = cls.from_pretrained(a.model, dtype=torch.float32, output_loading_info=True, **kwargs)
+        # A fresh head on a bare encoder is created on purpose: transformers' "MISSING ... Consider training"
+        # report is replaced by our own line (``new_head_line``), said once by the caller.
+        with quiet_load_report(enabled="num_labels" in kwargs):
+            loaded = cls.from_pretrained(a.model, dtype=torch.float32, output_loading_info=True,
+                                         trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as exc:
         raise HfExpandError(f"could not load {a.model} for {task}: {str(exc).strip().splitlines()[0]}") from None
     model, info = loaded
     head = tuple(info.get("missing_keys", ()))  # created now: trains fully under every policy
     return model, tokenizer, record, task, head
+
+
+def new_head_line(model, head) -> str:
+    """One line saying that a classification head was created (instead of transformers' load report)."""
+    labels = list((getattr(model.config, "id2label", None) or {}).values())
+    shown = ", ".join(map(str, labels[:6])) + (", ..." if len(labels) > 6 else "")
+    return (f"new {len(labels)}-label classification head ({shown}) created on {model.config.model_type}: "
+            f"{len(head)} tensors start untrained")
 
 
 def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
@@ -157,12 +180,19 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
     from accelerate.utils import is_tensorboard_available
 
     trackers = ["tensorboard"] if is_tensorboard_available() else []
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != a.mixed_precision:
+        AcceleratorState._reset_state()  # an earlier train() in this process used another precision (API use)
     accelerator = Accelerator(mixed_precision=a.mixed_precision, gradient_accumulation_steps=a.grad_accum,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
                               log_with=trackers or None, project_dir=str(Path(a.out) / "logs"))
     set_seed(a.seed)
-    train_raw, eval_raw = D.load_splits(a.data, a.eval_data, a.eval_ratio, a.seed)
+    train_raw, eval_raw, eval_info = D.load_train_eval(a.data, a.eval_data, a.eval_ratio, a.seed, a.eval_split)
     model, tokenizer, record, task, head = load_for_training(a, D.count_labels(train_raw, a.label_column))
+    if head:
+        accelerator.print(new_head_line(model, head) + " (trained fully under every policy)")
+
     D.check_columns(train_raw, a.text_column, a.label_column if task == "classification" else None, a.data)
     if eval_raw is not None:
         D.check_columns(eval_raw, a.text_column, a.label_column if task == "classification" else None, "the eval data")
@@ -175,8 +205,11 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
     if len(train_ds) == 0:
         raise HfExpandError("no training examples after tokenization (with --packing, texts shorter than --max-length?)")
 
-    metrics = {"grown": None, "base": None, "trained": None}
+    metrics = {"grown": None, "base": None, "trained": None, "held_out": eval_ds is not None, "dataset": eval_info}
     check_ds = eval_ds if eval_ds is not None else train_ds.select(range(min(64, len(train_ds))))
+    if eval_ds is None:
+        metrics["on"] = f"the first {len(check_ds)} training rows"
+
     if not a.packing or task != "causal-lm":
         metrics.update(_growth_metrics(a, model, tokenizer, record, task, head, check_ds, accelerator))
 
@@ -257,7 +290,7 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
             if a.eval_every and eval_dl is not None and step % a.eval_every == 0:
                 step_metrics = evaluate_model(model, eval_dl, task, accelerator)
                 if progress:
-                    accelerator.print(f"step {step}: eval {step_metrics}")
+                    accelerator.print(f"step {step}: eval " + format_metrics(step_metrics))
                 accelerator.log({f"eval/{k}": v for k, v in step_metrics.items()}, step=step)
                 history.append({"step": step, **step_metrics})
                 model.train()
@@ -271,9 +304,12 @@ def train(a: TrainArgs, resume: bool = False, overwrite: bool = False, progress:
     state_bytes = training_state_bytes(accelerator.unwrap_model(model), optimizer)
     final = evaluate_model(model, eval_dl, task, accelerator) if eval_dl is not None else {}
     metrics["trained"] = _plain_eval(accelerator.unwrap_model(model), tokenizer, task, check_ds, a.seed)
-    section = {"policy": a.trainable, "task": task, "data_source": a.data, "command": a.command,
+    from ..lineage import public_source
+
+    section = {"policy": a.trainable, "task": task, "data_source": public_source(a.data), "command": a.command,
                "augmentation": _augmentation_summary(a.data), "steps": step, "processes": accelerator.num_processes,
                "hyperparameters": {k: v for k, v in a.identity().items() if k not in ("model", "data", "eval_data")},
+               "eval_data": public_source(a.eval_data),
                "first_loss": first_loss, "final_loss": last_loss, "final_metrics": final,
                "eval_history": history, "metrics": metrics, "loss_history": loss_history,
                "steps_per_second": (step - start_step) / loop_seconds if loop_seconds > 0 else None,
@@ -349,16 +385,38 @@ def _plain_eval(model, tokenizer, task: str, ds, seed: int) -> dict:
         model.train(was_training)
 
 
+def growth_check_tolerance(model_dir: str, mixed_precision: str) -> dict:
+    """The relative tolerance of the pre-training growth check: ``grow``'s table (``verify.DEFAULT_TOLERANCE``)
+    for the least precise of the checkpoint's dtype and the mixed-precision dtype. A bf16 checkpoint's grown
+    weights are rounded to bf16 where growth wrote them, so its metrics may move in the 3rd digit."""
+    import torch
+
+    from ..model_io import load_config, source_dtype
+    from ..verify import default_tolerance
+
+    stored = source_dtype(load_config(model_dir))
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    rtol = max(default_tolerance(stored), default_tolerance(amp) if amp is not None else 0.0)
+    return {"rel_tolerance": rtol, "checkpoint_dtype": str(stored).removeprefix("torch."),
+            "mixed_precision": mixed_precision}
+
+
 def _growth_metrics(a: TrainArgs, model, tokenizer, record, task, head, ds, accelerator) -> dict:
-    """Metrics of the grown model before training and of its base; growth must not have changed them."""
+    """Metrics of the grown model before training and of its base; growth must not have changed them
+    (within ``growth_check_tolerance``, recorded as ``growth_check``)."""
     import math
 
+    import torch
+
     from ..errors import PreservationError
+    from ..lineage import local_source
 
     out = {"grown": _plain_eval(model, tokenizer, task, ds, a.seed)}
-    source = (record or {}).get("source")
-    if not source or head or not (Path(source).is_dir() and (Path(source) / "config.json").is_file()):
-        out["base_skipped"] = ("a task head is created for training" if head else "no local base model in the record")
+    source = local_source(a.model, record) if record else None
+    if head or not source or (record or {}).get("training"):
+        out["base_skipped"] = ("a task head is created for training" if head else
+                               "the model was already trained after growth" if source else
+                               "no local base model in the record")
         return out
     if not ((record or {}).get("verification") or {}).get("function_preserving", True):
         out["base_skipped"] = "growth was not function-preserving (" + ", ".join(
@@ -369,8 +427,8 @@ def _growth_metrics(a: TrainArgs, model, tokenizer, record, task, head, ds, acce
         out["base_skipped"] = "the base cannot read the grown label/token ids of this data"
         return out
     cls = type(model)
-    try:
-        base = cls.from_pretrained(source)
+    try:  # fp32, like the grown model: the comparison must not be between two precisions
+        base = cls.from_pretrained(source, dtype=torch.float32, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001
         out["base_skipped"] = f"base not loadable as {cls.__name__}: {str(exc).splitlines()[0]}"
         return out
@@ -379,13 +437,23 @@ def _growth_metrics(a: TrainArgs, model, tokenizer, record, task, head, ds, acce
     except (IndexError, RuntimeError) as exc:  # ids the base does not have
         out["base_skipped"] = f"base could not be evaluated on this data: {str(exc).splitlines()[0]}"
         return out
+    check = growth_check_tolerance(a.model, a.mixed_precision)
+    out["growth_check"] = check
     for key, value in out["base"].items():
         grown = out["grown"][key]
-        if not (math.isclose(value, grown, rel_tol=1e-4, abs_tol=1e-6) or (math.isnan(value) and math.isnan(grown))):
-            raise PreservationError(f"growth check failed: {key} of the grown model {grown:.6g} != base {value:.6g}; "
-                                    f"the grown checkpoint does not reproduce its base")
-    accelerator.print(f"growth check: grown model metrics equal the base's ({out['base']})")
+        if not (math.isclose(value, grown, rel_tol=check["rel_tolerance"], abs_tol=1e-6)):
+            raise PreservationError(f"growth check failed: {key} of the grown model {grown:.6g} != base {value:.6g} "
+                                    f"(relative tolerance {check['rel_tolerance']:g} for a {check['checkpoint_dtype']} "
+                                    f"checkpoint, mixed precision {a.mixed_precision}); the grown checkpoint does not "
+                                    f"reproduce its base")
+    accelerator.print(f"growth check: grown model metrics equal the base's within {check['rel_tolerance']:g} "
+                      f"({format_metrics(out['base'])})")
     return out
+
+
+def format_metrics(metrics: dict) -> str:
+    """``accuracy 0.765, f1 0.7569``: 4 significant digits, numbers only."""
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _save_final(model, tokenizer, record, section, out: Path, a: TrainArgs) -> None:
@@ -395,11 +463,21 @@ def _save_final(model, tokenizer, record, section, out: Path, a: TrainArgs) -> N
     tokenizer.save_pretrained(out)
     from ..card import write_card
 
-    record = dict(record or {"source": a.model})
-    record["trained_from"] = a.model
+    from ..lineage import is_hub_id, local_source, public_source, write_local
+
+    record = dict(record or {"source": public_source(a.model),
+                             "base_model": a.model if is_hub_id(a.model) and "/" in a.model else None})
+    if a.base_model:
+        record["base_model"] = a.base_model
+    record["trained_from"] = public_source(a.model)
+    if not record.get("base_model") and not record.get("parent_repo") and not (Path(a.model) / RECORD_FILE).is_file():
+        from ..lineage import no_lineage_hint
+
+        log.warning(no_lineage_hint(a.model))  # (a grown folder: grow already said so)
     if record.get("pushed_to"):  # the parent folder was pushed: that repo is this model's direct parent
         record["parent_repo"] = record.pop("pushed_to")
     record["training"] = section
     record.pop("evaluation", None)  # a recipe's evaluation of the parent is about other models
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_local(out, source=local_source(a.model, record), trained_from=a.model)
     write_card(out)

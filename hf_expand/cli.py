@@ -33,6 +33,10 @@ def _push_flags(p, prefix: str = "") -> None:
     p.add_argument("--commit-message")
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login); never written anywhere")
+    p.add_argument("--include-dotfiles", action="store_true",
+                   help="also upload dotfiles and dot-folders (left out by default; .hf_expand_local.json never goes up)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="per-request Hub timeout (default: HF_EXPAND_PUSH_TIMEOUT, else 60)")
 
 
 def _recorded_command() -> str:
@@ -89,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--probe-text", action="append", default=[], metavar="TEXT", help="extra probe text (repeatable)")
     g.add_argument("--accept-difference", action="store_true", help="write the model even if outputs moved beyond --tolerance")
     g.add_argument("--dry-run", action="store_true", help="print the plan; read no weights, write nothing")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    g.add_argument("--overwrite", action="store_true", help="replace an --out folder hf-expand wrote (or an empty one); any other folder is refused")
     g.add_argument("--push-to", metavar="REPO", help="push the grown model to this Hub repo when done")
     _push_flags(g)
     g.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code from the source")
@@ -116,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-original", action="store_true", help="output only the augmented copies")
     a.add_argument("--drop-duplicates", action="store_true",
                    help="drop augmented rows identical to their original or an earlier copy (default: keep and count)")
-    a.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    a.add_argument("--overwrite", action="store_true", help="replace an --out folder hf-expand wrote (or an empty one); any other folder is refused")
     a.add_argument("--trust-remote-code", action="store_true",
                    help="let augmenter models (contextual, back_translation) run the custom code their repository "
                         "names (auto_map); only for models you trust (default: such models are refused)")
@@ -278,7 +282,8 @@ def _check_common(args) -> None:
 
 def cmd_grow(args) -> int:
     from .grow import grow_checkpoint, plan_growth, render_plans, with_tokenizer
-    from .model_io import check_output_dir, load_config
+    from .model_io import load_config
+    from .output import check_output_dir
 
     _check_common(args)
     ops = _operations(args)
@@ -337,7 +342,7 @@ def cmd_augment(args) -> int:
     from .augment import augment_dataset, resolve, summarize
     from .augment.data_io import load_data, save_data
     from .augment.pipeline import check_augmenter_models
-    from .model_io import atomic_output_dir, check_output_dir
+    from .output import atomic_output_dir, check_output_dir
 
     columns = [c.strip() for item in args.text_column for c in item.split(",") if c.strip()]
     if args.copies < 1:
@@ -413,7 +418,7 @@ def _push(args, folder) -> None:
 
     url = push_folder(folder, args.push_to if getattr(args, "push_to", None) else args.repo_id, private=args.private,
                       revision=args.revision, commit_message=args.commit_message, create_pr=args.create_pr,
-                      token=args.token)
+                      token=args.token, include_dotfiles=args.include_dotfiles, timeout=args.timeout)
     print(f"pushed {folder}: {url}")
 
 

@@ -109,55 +109,7 @@ def source_dtype(config) -> torch.dtype:
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
-def check_output_dir(out: str | os.PathLike, overwrite: bool, src: str | None = None) -> Path:
-    """Refuse an unusable output (existing without ``overwrite``, a file, the source) before any work."""
-    out = Path(out).resolve()
-    if out.exists() and not out.is_dir():
-        raise HfExpandError(f"output path {out} exists and is not a folder; remove it or choose another --out")
-    if out.exists() and not overwrite:
-        raise HfExpandError(f"output folder {out} already exists; pass --overwrite to replace it or choose another --out")
-    if src is not None and Path(src).exists():
-        source = Path(src).resolve()
-        if out == source or out in source.parents:
-            raise HfExpandError(f"--out {out} is the source model or contains it; choose another --out")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise HfExpandError(f"cannot create {out}: {parent} is a file, not a folder")
-            break
-    return out
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False, src: str | None = None):
-    """Yield a temporary sibling folder; on success it replaces ``out``, on failure it is removed.
-
-    The old folder (with ``overwrite``) is moved aside and deleted only after the new one is in place
-    (and moved back if that fails), so at no moment is there a half-written ``out``.
-    """
-    out = check_output_dir(out, overwrite, src)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should be as readable as any new folder
-    try:
-        yield tmp
-        backup = None
-        if out.exists():
-            backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, backup)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            if backup is not None:
-                os.replace(backup, out)
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+from .output import atomic_output_dir, check_output_dir  # noqa: F401,E402  (moved to output.py; re-exported)
 
 
 def copy_tokenizer_and_generation_config(src: str, dest: Path, trust_remote_code: bool = False) -> list[str]:

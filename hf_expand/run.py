@@ -46,19 +46,23 @@ class Runner:
         self.log(f"[{name}] running")
         self.state.pop(name, None)  # until it finishes, this stage counts as not done
         self.state_file.write_text(json.dumps(self.state, indent=2) + "\n")
+        from .output import disk_error, replace_dir
+
         tmp = output.with_name(f".{output.name}.partial")
         if tmp.exists():
             shutil.rmtree(tmp)
         try:
             fn(tmp)
+            replace_dir(tmp, output)  # old output aside, new in, old deleted (a kill in between: restored)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            mapped = disk_error(exc, output)
+            exc = mapped or exc
             self.log(f"[{name}] failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
                      echo=False)  # the command prints the error itself
+            if mapped is not None:
+                raise mapped from None
             raise
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        tmp.rename(output)
         seconds = time.perf_counter() - start
         self.state[name] = {"key": key, "seconds": seconds, "output": str(output)}
         self.state_file.write_text(json.dumps(self.state, indent=2) + "\n")
@@ -153,6 +157,10 @@ def _check_run_folder(recipe: dict, out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / "stages.json").is_file():
         raise HfExpandError(f"{out} is not empty and not an hf-expand run folder (no stages.json); choose a new or "
                             f"empty --out, so that none of its files is replaced")
+    if out.is_dir():  # what a killed run left: stage builds, temp builds, outputs moved aside (their stage reruns)
+        from .output import clean_leftovers
+
+        clean_leftovers(out, [".*.partial", ".*.tmp-*", ".*.old-*"])
     for where, value in [("model.id", recipe["model"]["id"]), *_data_inputs(recipe)]:
         if value and Path(value).exists() and Path(value).resolve().is_relative_to(out.resolve()):
             raise HfExpandError(f"recipe: {where} {value} is inside the run folder {out}, whose stages replace their "

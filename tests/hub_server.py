@@ -30,6 +30,9 @@ reading the body, without applying it; ``(n, status)`` picks another status. Key
 create, delete, whoami, info, tree, preupload, commit, branch, discussions, resolve. The client itself
 retries 429/500/502/503/504 (5 times, 1+2+4+8+8 s) on preupload and on ``upload_folder`` commits (when
 ``hf_xet`` is installed), so a single 500 there only delays; use e.g. ``(1, 400)`` to make it fail.
+``server.hang_next["info"] = 1`` makes the next such request hang instead: its body is read, nothing is
+answered or applied, and the connection is held until ``release_hung()`` or ``stop()`` (then closed without
+an answer): a server that accepts and never answers, for client timeouts.
 
 ``HF_ENDPOINT`` must be set before ``huggingface_hub``/``transformers`` are imported: see ``client_env``.
 """
@@ -72,6 +75,10 @@ def client_env(endpoint: str, hf_home: str | os.PathLike, **extra: str) -> dict[
     return env
 
 
+class _Hang(Exception):
+    """Raised by ``_maybe_fail`` for an injected hang: the handler holds the connection unanswered."""
+
+
 class HubError(Exception):
     def __init__(self, status: int, code: str | None, message: str, extra: dict | None = None, headers=None):
         super().__init__(message)
@@ -83,6 +90,8 @@ class HubServer:
     def __init__(self, root: Path, tokens: dict[str, str]):
         self.root, self.tokens = Path(root), dict(tokens)
         self.fail_next: dict[str, int | tuple[int, int]] = {}
+        self.hang_next: dict[str, int] = {}  # route -> how many requests hang unanswered (see release_hung)
+        self._release = threading.Event()
         self.requests: list[tuple[str, str]] = []  # (method, unquoted path), no headers
         self.errors: list[str] = []  # unexpected server exceptions (answered 500): assert it stays empty
         self.endpoint = ""
@@ -102,7 +111,13 @@ class HubServer:
         self.endpoint = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         return self.endpoint
 
+    def release_hung(self) -> None:
+        """Close the connections of hung requests (without answering); later hangs wait again."""
+        self._release.set()
+        self._release = threading.Event()
+
     def stop(self) -> None:
+        self._release.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -203,6 +218,9 @@ class HubServer:
         return f"{self.endpoint}/{'' if rtype == 'model' else rtype + 's/'}{repo_id}"
 
     def _maybe_fail(self, route: str) -> None:
+        if self.hang_next.get(route, 0) > 0:
+            self.hang_next[route] -= 1
+            raise _Hang(route)
         spec = self.fail_next.get(route)
         count, status = spec if isinstance(spec, tuple) else (spec or 0, 500)
         if count > 0:
@@ -432,6 +450,10 @@ class _Handler(BaseHTTPRequestHandler):
         segs = [unquote(s) for s in url.path.strip("/").split("/")]
         try:
             status, payload, headers = hub.handle(self.command, segs, query, body, self.headers.get("Authorization"))
+        except _Hang:  # accept, read, never answer (outside the lock: other requests go on)
+            hub._release.wait(300)
+            self.close_connection = True
+            return
         except HubError as e:
             status, payload, headers = e.status, {"error": e.message, **e.extra}, dict(e.headers)
             if e.code:

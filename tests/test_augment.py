@@ -661,8 +661,8 @@ def test_setup_wordnet_keeps_foreign_folders(tmp_path):
     foreign = tmp_path / "nd" / "corpora" / "wordnet"
     foreign.mkdir(parents=True)
     (foreign / "MYNOTES.txt").write_text("mine")
-    with pytest.raises(HfExpandError, match="pass --overwrite"):
-        hf_wordnet.install_wordnet(target=tmp_path / "nd")
+    with pytest.raises(HfExpandError, match="not written by hf-expand"):
+        hf_wordnet.install_wordnet(target=tmp_path / "nd", overwrite=True)
     assert (foreign / "MYNOTES.txt").read_text() == "mine"
     (tmp_path / "afile").write_text("x")
     with pytest.raises(HfExpandError, match="is a file"):

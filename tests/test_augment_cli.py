@@ -157,6 +157,7 @@ def test_overwrite_replaces(capsys, csv_file, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     (out_dir / "old.txt").write_text("old")
+    (out_dir / "hf_expand_augmentation.json").write_text("{}")  # an earlier output (others are refused)
     code, _, err = run_cli(capsys, "augment", csv_file, "--out", out_dir, "--text-column", "text",
                            "--augment", "random_swap", "--overwrite", "-q")
     assert code == 0, err
@@ -272,6 +273,7 @@ def test_bad_input_keeps_existing_output(case, capsys, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     (out_dir / "keep.txt").write_text("precious")
+    (out_dir / "hf_expand_augmentation.json").write_text("{}")  # an earlier output: --overwrite may replace it
     before = snapshot(out_dir)
     code, out, err = run_cli(capsys, "augment", data, "--out", out_dir, *args, "--overwrite", "-q")
     _check_error(code, err, parts)

@@ -123,7 +123,11 @@ def test_existing_output_is_kept(capsys, llama_dir, tmp_path):
     assert code == 2 and "already exists" in err and "--overwrite" in err
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     assert (out / "precious.txt").read_text() == "mine"
-    # With --overwrite it is replaced by a complete grown folder.
+    # Not written by hf-expand: refused even with --overwrite (tests/test_output_safety.py has the rules).
+    code, _, err = run_cli(capsys, "grow", llama_dir, "--out", out, "--add-layers", "1", "--overwrite")
+    assert code == 2 and "not written by hf-expand" in err and (out / "precious.txt").read_text() == "mine"
+    # An earlier grow output is replaced by a complete grown folder.
+    (out / "hf_expand_growth.json").write_text("{}")
     code, _, _ = run_cli(capsys, "grow", llama_dir, "--out", out, "--add-layers", "1", "--overwrite")
     assert code == 0
     assert not (out / "precious.txt").exists() and (out / "model.safetensors").exists()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from ..errors import HfExpandError
@@ -61,7 +60,8 @@ def install_wordnet(source: str | os.PathLike = DEBIAN_WORDNET, target: str | os
     """Copy a WordNet 3.0 database (Debian layout) into an NLTK data folder; return that data folder.
 
     Written to a temporary sibling and renamed into place, so an interrupted install leaves nothing half-done.
-    An existing ``corpora/wordnet`` is replaced only if hf_expand wrote it, or with ``overwrite``.
+    An existing ``corpora/wordnet`` is replaced if hf_expand wrote it (or it is empty), a WordNet installed
+    otherwise only with ``overwrite``, any other folder never (see ``hf_expand.output``).
     """
     source = Path(source)
     missing = [name for name in _REQUIRED if not (source / name).is_file()]
@@ -71,26 +71,28 @@ def install_wordnet(source: str | os.PathLike = DEBIAN_WORDNET, target: str | os
     corpora = root / "corpora"
     final = corpora / "wordnet"
     for path in (root, corpora, final):
-        if path.exists() and not path.is_dir():
+        if path.exists() and not path.is_dir() and not path.is_symlink():
             raise HfExpandError(f"{path} is a file, not a folder; choose another --target")
-    if final.exists() and not (final / MARKER).exists() and not overwrite:
-        raise HfExpandError(f"{final} exists and was not written by hf-expand; pass --overwrite to replace it "
-                            f"or choose another --target")
-    corpora.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=corpora))
-    try:
+    from ..output import atomic_output_dir, clean_leftovers, written_by_hf_expand
+
+    # Our own install (or an empty folder) is replaced freely; a WordNet someone else installed (NLTK's
+    # download) with --overwrite; anything else never (output.py's rules, with this folder's markers).
+    markers = (MARKER, "index.noun") if overwrite else (MARKER,)
+    if final.is_dir() and not final.is_symlink() and not written_by_hf_expand(final, (MARKER,)):
+        if not (final / "index.noun").is_file():
+            raise HfExpandError(f"{final} was not written by hf-expand and holds no WordNet database; refusing to "
+                                f"replace it even with --overwrite; remove it yourself or choose another --target")
+        if not overwrite:
+            raise HfExpandError(f"{final} exists and was not written by hf-expand; pass --overwrite to replace it "
+                                f"or choose another --target")
+    clean_leftovers(corpora, [".wordnet-*"])  # temp folders of older versions killed mid-install
+    with atomic_output_dir(final, overwrite=True, markers=markers, flag="--target") as tmp:
         for path in source.iterdir():
             if path.is_file():
                 shutil.copyfile(path, tmp / path.name)  # copies, never symlinks (NLTK refuses those)
         if not (tmp / "lexnames").exists():
             (tmp / "lexnames").write_text(lexnames_text())
         (tmp / MARKER).write_text(f"copied from {source}\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
 
 

@@ -6,6 +6,7 @@ User errors print one line (``hf-expand: error: ...``) and exit 2, with nothing 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -53,6 +54,22 @@ def _number(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _augment_count(name: str):
+    """argparse type for ``--copies`` / ``--num-proc``: a whole number within the augmentation pipeline's bound
+    (``augment.pipeline.COUNT_RULES``, which recipes use too), refused before any data is read."""
+    def parse(text: str) -> int:
+        from .augment.pipeline import COUNT_RULES
+
+        value = int(text)  # a ValueError: argparse's own "invalid int value" line
+        problem = COUNT_RULES[name](value)
+        if problem:  # the flag's own words (not argparse's "argument --copies:")
+            raise HfExpandError(f"--{name.replace('_', '-')} {problem}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="column to augment (repeat, or COL1,COL2, for several)")
     a.add_argument("--augment", action="append", metavar="SPEC",
                    help="augmenter spec, e.g. synonym:p=0.3 (repeat to chain; default: synonym)")
-    a.add_argument("--copies", type=int, default=1, help="augmented copies per row (default 1)")
+    a.add_argument("--copies", type=_augment_count("copies"), default=1,
+                   help="augmented copies per row (default 1, at most 1,000)")
     a.add_argument("--seed", type=int, default=0, help="seed; the output depends only on data, specs and seed")
-    a.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map")
+    a.add_argument("--num-proc", type=_augment_count("num_proc"), default=None,
+                   help="worker processes for datasets.map (at most 256)")
     a.add_argument("--batch-size", type=int, default=1000, help="rows per map batch (does not change the output)")
     a.add_argument("--split", action="append", metavar="NAME",
                    help="split to augment (repeatable; default train); other splits are copied untouched")
@@ -142,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=0.01)
     t.add_argument("--batch-size", type=int, default=8, help="per process")
     t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--max-grad-norm", type=float, default=1.0)
+    t.add_argument("--max-grad-norm", type=float, default=1.0, help="clip gradients to this norm (0 = no clipping)")
     t.add_argument("--warmup-steps", type=int, default=0)
     t.add_argument("--max-length", type=int, default=128)
     t.add_argument("--packing", action="store_true", help="causal LM: pack texts into --max-length blocks")
@@ -162,8 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lora-r", type=int, default=8)
     t.add_argument("--lora-alpha", type=int, default=16)
     t.add_argument("--save-adapter", action="store_true", help="with lora: also save the adapter under OUT/adapter")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (also finishes an interrupted final save "
+                        "or --overwrite run)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out, once the new run has succeeded (until then it stays as it is)")
     t.add_argument("--push-to", metavar="REPO", help="push the trained model to this Hub repo when done")
     _push_flags(t)
 
@@ -274,10 +296,15 @@ def _operations(args) -> list:
 
 
 def _check_common(args) -> None:
-    if getattr(args, "tolerance", None) is not None and not (math.isfinite(args.tolerance) and args.tolerance >= 0):
-        raise HfExpandError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
-    if not 0 <= args.seed < 2**63:
-        raise HfExpandError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
+    """--tolerance, --seed and --probe-text of grow / verify / augment: the rules recipes use too (``checks``)."""
+    from . import checks
+
+    for flag, value, rule in (("--tolerance", getattr(args, "tolerance", None), checks.tolerance),
+                              ("--seed", args.seed, checks.seed),
+                              ("--probe-text", getattr(args, "probe_text", None), checks.probe_texts)):
+        problem = None if value is None else rule(value)
+        if problem:
+            raise checks.flag_error(flag, problem)
 
 
 def cmd_grow(args) -> int:
@@ -391,13 +418,21 @@ def cmd_train(args) -> int:
     fields = {f.name for f in dataclasses.fields(TrainArgs)}
     targs = TrainArgs(**{k: v for k, v in vars(args).items() if k in fields and k != "command"},
                       command=_recorded_command())
-    section = train(targs, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    try:
+        section = train(targs, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    except KeyboardInterrupt as exc:  # what the run left, and how to finish it (train says)
+        print(f"hf-expand: {exc.args[0] if exc.args else 'interrupted'}", file=sys.stderr)
+        return 130
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in section["final_metrics"].items() if isinstance(v, float))
-        print(f"trained {section['steps']} steps ({section['plan']}); loss {section['first_loss']:.4f} -> "
-              f"{section['final_loss']:.4f}{'; ' + metrics if metrics else ''}")
+
+        def fmt(x):
+            return "n/a" if x is None else f"{x:.4f}"
+
+        print(f"trained {section['steps']} steps ({section['plan']}); loss {fmt(section['first_loss'])} -> "
+              f"{fmt(section['final_loss'])}{'; ' + metrics if metrics else ''}")
         print(f"wrote {args.out}")
         if args.push_to:
             _push(args, args.out)
@@ -488,10 +523,44 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `hf-expand ... | head`: the reader left; no traceback (128 + SIGPIPE, as shells do)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # last resort: a disk / permission / vanished-file error no command put in its own words
+        print(f"hf-expand: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - only safetensors' own error is turned into a line; bugs still raise
+        if type(exc).__name__ != "SafetensorError" or not type(exc).__module__.startswith("safetensors"):
+            raise
+        first = (str(exc).strip().splitlines() or ["unreadable"])[0]
+        print(f"hf-expand: error: a .safetensors file is damaged or unreadable ({first}); re-download or re-save "
+              f"the model it belongs to", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("hf-expand: interrupted; nothing half-written was left (finished recipe stages and training "
               "checkpoints are kept)", file=sys.stderr)
         return 130
+
+
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "free space on that disk or write somewhere else",
+    errno.EDQUOT: "free space (disk quota) or write somewhere else",
+    errno.EROFS: "that file system is read-only; choose a writable location",
+    errno.EACCES: "check the permissions of that path or choose another location",
+    errno.EPERM: "check the permissions of that path or choose another location",
+    errno.EFBIG: "a file grew past the file system's or the shell's file-size limit (ulimit -f); raise the limit or "
+                 "write to another file system",
+    errno.ENOENT: "check that the path exists (it may have been moved or deleted while hf-expand ran)",
+    errno.ENOTDIR: "a part of that path is a file, not a folder; check the path",
+    errno.EISDIR: "that path is a folder where a file was expected; check the path",
+    errno.EMFILE: "too many open files; raise the limit (ulimit -n)",
+}
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``<strerror>: <path>; <fix>`` for an OSError that reached ``main``."""
+    what = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    paths = [os.fsdecode(p) if isinstance(p, (str, bytes, os.PathLike)) else str(p)
+             for p in (exc.filename, exc.filename2) if p is not None]
+    fix = _OS_ERROR_FIXES.get(exc.errno, "check the path and try again")
+    return f"{what}: {' -> '.join(paths)}; {fix}" if paths else f"{what}; {fix}"
 
 
 if __name__ == "__main__":

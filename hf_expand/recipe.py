@@ -2,6 +2,12 @@
 
 The schema below is data: each section maps keys to a type (or a nested schema); unknown keys and wrong
 types are refused with the key's path. ``hf-expand run RECIPE [--out DIR] [--dry-run] [a.b=value ...]``.
+
+Every value is then checked up front (``check_values``, also for ``--dry-run``) by the rule its command-line
+flag has, from the same source: ``checks`` (seeds, tolerance, push repo), the training loop's ``_check_args``
+(its ``--flag`` words become ``train.key`` paths), the augmenter spec resolver, the augmentation bounds.
+``key: null`` means the key's default (the key is dropped). YAML aliases, nesting deeper than
+:data:`MAX_DEPTH` and files over :data:`MAX_RECIPE_BYTES` are refused (an alias bomb expands exponentially).
 """
 
 from __future__ import annotations
@@ -31,6 +37,41 @@ SCHEMA = {
     "push": {"repo": str, "private": bool},
 }
 REQUIRED = {("model", "id"), ("data", "source")}
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; more is not a recipe
+MAX_DEPTH = 32  # nesting of mappings/lists (recipes need ~5; deeper input overflowed PyYAML's recursion)
+
+
+class RefusedYAML(yaml.YAMLError):
+    """Valid YAML that recipes do not accept (an alias, too deep a nesting)."""
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases (``*name``: an alias bomb expands to billions of nodes in a stage key)
+    and with a nesting limit."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise RefusedYAML(f"YAML aliases (*name) are not accepted in recipes (line {mark.line + 1}); write the "
+                              f"value out")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise RefusedYAML(f"nested more than {MAX_DEPTH} levels deep (line {mark.line + 1}); recipes are "
+                                  f"a few levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def parse_yaml(text: str):
+    """YAML as recipes accept it (see :class:`_RecipeLoader`); raises ``yaml.YAMLError``."""
+    loader = _RecipeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _type_name(t) -> str:
@@ -99,7 +140,12 @@ def set_path(recipe: dict, assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise HfExpandError(f"override {assignment!r}: {part} is not a section")
-    parsed = yaml.safe_load(value)
+    try:
+        parsed = parse_yaml(value)
+    except yaml.YAMLError as exc:
+        raise HfExpandError(f"override {assignment!r}: {_yaml_problem(exc)}" if isinstance(exc, RefusedYAML) else
+                            f"override {assignment!r}: the value is not valid YAML ({_yaml_problem(exc)}); quote it "
+                            f"or fix it") from None
     if isinstance(parsed, str):  # YAML 1.1 reads "5e-4" as a string; a number is meant
         try:
             parsed = float(parsed)
@@ -195,14 +241,25 @@ def find_recipe(name_or_path: str | None) -> Path:
 
 def load_recipe(path: str | Path | None, overrides=()) -> dict:
     path = find_recipe(None if path is None else str(path))
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise HfExpandError(f"recipe {path} is {size:,} bytes, larger than the limit of {MAX_RECIPE_BYTES:,}; "
+                            f"is it the right file?")
     try:
-        recipe = yaml.safe_load(path.read_text()) or {}
+        recipe = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except RefusedYAML as exc:
+        raise HfExpandError(f"recipe {path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise HfExpandError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise HfExpandError(f"recipe {path} is not valid YAML: {_yaml_problem(exc)}") from None
+    except UnicodeDecodeError:
+        raise HfExpandError(f"recipe {path} is not UTF-8 text; is it the right file?") from None
     recipe = copy.deepcopy(recipe)
     for item in overrides:
         set_path(recipe, item)
     validate(recipe)
+    _drop_nulls(recipe)
+    validate(recipe)  # a required key given as null is missing
+    check_values(recipe)
     recipe["model"]["id"] = resolve_model_id(recipe["model"]["id"])
     operations(recipe)  # validates the operations too
     lineage = recipe["model"].get("base_model")
@@ -220,6 +277,109 @@ def load_recipe(path: str | Path | None, overrides=()) -> dict:
     if "evaluate" in recipe:
         _check_evaluate(recipe)
     return recipe
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message in one line: ``problem (line N)``."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _drop_nulls(recipe: dict) -> None:
+    """``key: null`` means the key's default: drop it, so a stage never receives None for a setting
+    (``augment.copies: null`` reached the stage as None)."""
+    for key in [k for k, v in recipe.items() if v is None and not isinstance(SCHEMA.get(k), dict)]:
+        del recipe[key]
+    for section in recipe.values():
+        if isinstance(section, dict):
+            for key in [k for k, v in section.items() if v is None]:
+                del section[key]
+
+
+# Where the training loop's flags live in a recipe (the loop's messages name flags: they are rewritten)
+_TRAIN_FLAG_KEYS = {"--eval-ratio": "data.eval_ratio", "--eval-data": "data.eval", "--eval-split": "data.eval_split",
+                    "--data": "data.source", "--text-column": "data.text_column", "--label-column": "data.label_column",
+                    "--base-model": "model.base_model", "--task": "model.task"}
+
+
+def _recipe_words(message: str) -> str:
+    """A training-loop message in recipe keys: ``--max-steps must be >= 1, got 0`` -> ``train.max_steps: must be
+    >= 1, got 0``; ``give exactly one of --max-steps N or --epochs E`` -> ``train: give exactly one of
+    train.max_steps or train.epochs``."""
+    import re
+
+    def key(flag: str) -> str:
+        return _TRAIN_FLAG_KEYS.get(flag, "train." + flag[2:].replace("-", "_"))
+
+    lead = re.match(r"^(--[a-z][a-z0-9-]*) (.*)$", message, re.S)
+    if lead:
+        return f"{key(lead.group(1))}: {re.sub(r'--[a-z][a-z0-9-]*', lambda m: key(m.group(0)), lead.group(2))}"
+    return "train: " + re.sub(r"(--[a-z][a-z0-9-]*)(?: [A-Z]\b)?", lambda m: key(m.group(1)), message)
+
+
+def _check_train(recipe: dict) -> None:
+    """The recipe's training settings through the training loop's own checks (``train.loop._check_args``),
+    with its words turned into key paths, then the policy name (``train.policy.POLICIES``)."""
+    from .train.loop import TrainArgs, _check_args
+    from .train.policy import POLICIES
+
+    t, d = dict(recipe.get("train") or {}), recipe.get("data") or {}
+    if t.get("max_steps") is None and t.get("epochs") is None:
+        t["max_steps"] = 100  # what the train stage does; 0 is not "unset"
+    args = TrainArgs(model="recipe", data="recipe", out="recipe", eval_ratio=d.get("eval_ratio"),
+                     base_model=(recipe.get("model") or {}).get("base_model"), **t)
+    try:
+        _check_args(args)
+    except HfExpandError as exc:
+        raise HfExpandError(f"recipe: {_recipe_words(str(exc))}") from None
+    if args.trainable not in POLICIES:
+        raise HfExpandError(f"recipe: train.trainable: must be one of {', '.join(POLICIES)}, got {args.trainable!r}")
+
+
+def check_values(recipe: dict) -> None:
+    """Every value of a (schema-valid) recipe, by the rules its command-line flag has (``checks``, the training
+    loop's ``_check_args``, the augmenter spec resolver, the push repo rule), before any stage runs: one line
+    ``recipe: <key path>: <problem>``."""
+    from . import checks
+    from .augment.pipeline import COUNT_RULES
+    from .augment.registry import resolve
+
+    positive = checks.whole(1)
+    rules = {
+        ("grow", "seed"): checks.seed, ("grow", "tolerance"): checks.tolerance,
+        ("data", "seed"): checks.seed,
+        ("data", "per_class"): positive, ("data", "test_per_class"): checks.whole(0),
+        ("augment", "seed"): checks.seed, ("augment", "copies"): COUNT_RULES["copies"],
+        ("evaluate", "seed"): checks.seed, ("evaluate", "batch_size"): positive, ("evaluate", "max_length"): positive,
+        ("push", "repo"): checks.repo_id,
+    }
+    for (section, key), rule in rules.items():
+        value = (recipe.get(section) or {}).get(key)
+        problem = None if value is None else rule(value)
+        if problem:
+            raise checks.key_error(f"{section}.{key}", problem)
+    d = recipe.get("data") or {}
+    if d.get("eval_ratio") is not None:
+        from .train.data import check_eval_ratio  # the rule of train --eval-ratio
+
+        try:
+            check_eval_ratio(d["eval_ratio"])
+        except HfExpandError as exc:
+            raise HfExpandError(f"recipe: {_recipe_words(str(exc))}") from None
+    if d.get("eval") and d.get("eval_ratio") is not None:
+        raise checks.key_error("data", "give data.eval or data.eval_ratio, not both")
+    if d.get("eval_split") and not d.get("eval"):
+        raise checks.key_error("data.eval_split", "names a split of data.eval; give data.eval too")
+    for i, item in enumerate((recipe.get("augment") or {}).get("augmenters") or []):
+        try:
+            resolve([item])
+        except HfExpandError as exc:
+            raise checks.key_error(f"augment.augmenters[{i}]", str(exc)) from None
+    if "train" in recipe:
+        _check_train(recipe)
 
 
 def _check_evaluate(recipe: dict) -> None:

@@ -104,13 +104,20 @@ def dry_run(recipe: dict) -> str:
     if recipe.get("augment"):
         a = recipe["augment"]
         copies = a.get("copies", 1)
+        if train_rows:
+            from .augment.pipeline import check_output_rows
+
+            try:
+                check_output_rows(train_rows, copies)
+            except HfExpandError as exc:
+                raise HfExpandError(f"recipe: augment.copies: {exc}") from None
         lines.append(f"augment: {', '.join(map(str, a.get('augmenters') or []))} x{copies} copies"
                      + (f" -> {train_rows * (1 + copies)} training rows" if train_rows else ""))
     if recipe.get("train"):
         t = recipe["train"]
         batch = t.get("batch_size", 8) * t.get("grad_accum", 1)
-        if t.get("max_steps") or not t.get("epochs"):
-            steps = f"{t.get('max_steps') or 100} steps"
+        if t.get("max_steps") is not None or t.get("epochs") is None:
+            steps = f"{100 if t.get('max_steps') is None else t['max_steps']} steps"
         elif train_rows:
             per_epoch = math.ceil(train_rows * (1 + copies) / batch)
             steps = f"{math.ceil(t['epochs'] * per_epoch)} steps ({t['epochs']} epochs of {per_epoch}" + (
@@ -205,9 +212,10 @@ def _preflight(recipe: dict) -> None:
 
 
 def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
-    from .recipe import operations
+    from .recipe import check_values, operations
 
     out = Path(out)
+    check_values(recipe)  # every value, before any stage (load_recipe did it too; API callers pass dicts)
     _check_run_folder(recipe, out)
     _preflight(recipe)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,9 +27,15 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..errors import UnsupportedArchitecture
+from ..errors import HfExpandError, UnsupportedArchitecture
 
 DATA_DIR = Path(__file__).parent / "data"
+
+# Size bounds (issue 14): a meta model of 100,000 layers took minutes to build (a dry run never finished), and
+# sizes like 2**40 overflow torch's size arithmetic. The largest real models have ~200 layers and sizes < 2**19.
+MAX_LAYERS = 2048
+MAX_SIZE = 2**20  # any size/count field: hidden, FFN, vocabulary, heads, experts
+_SIZE_NAMES = {"n_embd", "n_inner", "d_model", "dim", "hidden_dim", "ffn_dim", "n_head", "n_heads"}
 
 _ALLOWED_KEYS = {
     "ffn", "roles", "packed", "post_norm", "refuse", "layer_index_fields", "layer_threshold_fields", "comment",
@@ -186,10 +192,34 @@ def roles_from_tp_plan(config) -> tuple[dict[str, str], dict[str, int]]:
     return roles, packed
 
 
+def size_problem(config) -> str | None:
+    """Why ``config`` is too large (or negative) for hf-expand to build even on the meta device, or None:
+    more than :data:`MAX_LAYERS` layers, a size or count field above :data:`MAX_SIZE` or below 0."""
+    layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(layers, int) and not isinstance(layers, bool) and layers > MAX_LAYERS:
+        return f"{layers} layers (num_hidden_layers) is above hf-expand's limit of {MAX_LAYERS:,} layers"
+    for key, value in vars(config).items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        if not (key.endswith(("_size", "_dim")) or key in _SIZE_NAMES
+                or (key.startswith(("num_", "n_")) and key.endswith(("heads", "experts")))) or "chunk" in key:
+            continue  # chunk sizes are not tensor sizes (-1 means "off" in some configs)
+        if value > MAX_SIZE:
+            return f"{key} = {value:,} is above hf-expand's limit of {MAX_SIZE:,}"
+        if value < 0:
+            return f"{key} = {value} is negative"
+    return None
+
+
 def meta_model(config, model_cls=None) -> nn.Module:
     """The model the config describes (with ``model_cls`` or the head its ``architectures`` names), on
-    the meta device: names and shapes, no memory, no weights."""
+    the meta device: names and shapes, no memory, no weights. Configs beyond :func:`size_problem`'s limits
+    are refused first (a grown config too: ``--add-layers`` on a model near the limit)."""
     from ..model_io import auto_class_for
+
+    problem = size_problem(config)
+    if problem:
+        raise HfExpandError(f"a model with {problem}; nothing is built beyond it (grow less)")
 
     with torch.device("meta"):
         if model_cls is not None:

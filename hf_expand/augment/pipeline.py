@@ -25,6 +25,11 @@ from .specs import AugmenterSpec
 SOURCE_INDEX, IS_AUGMENTED = "source_index", "is_augmented"
 DUPLICATE_POLICIES = ("keep", "drop")
 
+# Size bounds (issue 14): a billion copies was OOM-killed, a hundred thousand workers is a fork bomb.
+MAX_COPIES = 1000
+MAX_NUM_PROC = 256
+MAX_OUTPUT_ROWS = 10_000_000  # rows written per split (originals + copies); summarize() holds their text
+
 _BACKENDS: dict[str, object] = {}  # spec string -> backend; forked map workers inherit the parent's
 _MAIN_PID = os.getpid()
 _threads_limited = False
@@ -75,6 +80,30 @@ def _limit_threads_in_worker() -> None:
         _threads_limited = True
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(1)
+
+
+def _count(maximum: int):
+    def check(value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"must be >= 1, got {value}"
+        if value > maximum:
+            return f"must be at most {maximum:,}, got {value}"
+        return None
+
+    return check
+
+
+# the rules of the counts, shared by the command line (--copies, --num-proc) and recipes (augment.copies)
+COUNT_RULES = {"copies": _count(MAX_COPIES), "num_proc": _count(MAX_NUM_PROC)}
+
+
+def check_output_rows(rows: int, copies: int, keep_original: bool = True, where: str = "") -> None:
+    """Refuse an output above :data:`MAX_OUTPUT_ROWS` rows, once the input's size is known (before any work)."""
+    total = rows * (copies + (1 if keep_original else 0))
+    if total > MAX_OUTPUT_ROWS:
+        raise HfExpandError(f"{rows:,} rows{where} x ({'1 original + ' if keep_original else ''}{copies:,} copies) = "
+                            f"{total:,} output rows, above the limit of {MAX_OUTPUT_ROWS:,}; use fewer copies or "
+                            f"augment the data in parts")
 
 
 def row_seed(seed: int, index: int, copy: int, column: str, step: int) -> int:
@@ -179,10 +208,14 @@ def _augment_dataset(data, augmenters, text_columns, *, copies, seed, num_proc, 
         raise HfExpandError("no text column given")
     if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
         raise HfExpandError(f"copies must be a whole number >= 1, got {copies!r}")
+    if COUNT_RULES["copies"](copies):
+        raise HfExpandError(f"copies {COUNT_RULES['copies'](copies)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise HfExpandError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
     if num_proc is not None and (not isinstance(num_proc, int) or num_proc < 1):
         raise HfExpandError(f"num_proc must be a whole number >= 1, got {num_proc!r}")
+    if num_proc is not None and COUNT_RULES["num_proc"](num_proc):
+        raise HfExpandError(f"num_proc {COUNT_RULES['num_proc'](num_proc)}")
     if duplicates not in DUPLICATE_POLICIES:
         raise HfExpandError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {duplicates!r}")
     if not isinstance(trust_remote_code, bool):
@@ -194,8 +227,10 @@ def _augment_dataset(data, augmenters, text_columns, *, copies, seed, num_proc, 
             raise HfExpandError(f"split {missing[0]!r} not found; splits: {', '.join(data)} (choose with --split)")
         for s in splits:
             _check_split(data[s], text_columns, f" in split {s!r}")
+            check_output_rows(len(data[s]), copies, keep_original, f" in split {s!r}")
     elif isinstance(data, Dataset):
         _check_split(data, text_columns, "")
+        check_output_rows(len(data), copies, keep_original)
     else:
         raise HfExpandError(f"expected a datasets.Dataset or DatasetDict, got {type(data).__name__}")
 

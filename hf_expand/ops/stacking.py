@@ -6,8 +6,9 @@ source; blocks outside the stack are unchanged; config lists that count or index
 
 from __future__ import annotations
 
+from .. import architectures
 from ..architectures import ModelLayout
-from ..errors import UnsupportedArchitecture
+from ..errors import HfExpandError, UnsupportedArchitecture
 from ..plan import WHOLE, Fill, TensorStep
 
 MAX_NEW_LAYERS = 10_000  # more is surely a typo
@@ -17,7 +18,11 @@ def stack_steps(layout: ModelLayout, order: list[tuple[bool, int]], zero_new_bra
     """(steps by target, new_slices) for the stack described by ``order``.
 
     ``zero_new_branches``: new blocks get zeroed residual-branch outputs (identity blocks, LLaMA Pro);
-    otherwise they are plain copies (SOLAR depth up-scaling)."""
+    otherwise they are plain copies (SOLAR depth up-scaling). A stack deeper than ``architectures.MAX_LAYERS``
+    is refused before any step is listed (grow would otherwise build it for real)."""
+    if len(order) > architectures.MAX_LAYERS:
+        raise HfExpandError(f"the grown model would have {len(order)} layers, above hf-expand's limit of "
+                            f"{architectures.MAX_LAYERS:,} layers; add fewer")
     steps: dict[str, TensorStep] = {}
     new_slices: dict[str, list[dict]] = {}
     per_layer = {i: layout.layer_params(i) for i in range(layout.num_layers)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..errors import HfExpandError
 
 TASKS = ("causal-lm", "masked-lm", "classification")
@@ -69,7 +71,7 @@ def load_train_eval(data: str, eval_data: str | None, eval_ratio: float | None, 
     train = _one_split(load_data(data), data)
     if len(train) == 0:
         raise HfExpandError(f"{data} has no rows")
-    if eval_data and eval_ratio:
+    if eval_data and eval_ratio is not None:
         raise HfExpandError("give --eval-data or --eval-ratio, not both")
     if eval_split and not eval_data:
         raise HfExpandError("--eval-split names a split of --eval-data; give --eval-data too")
@@ -77,19 +79,29 @@ def load_train_eval(data: str, eval_data: str | None, eval_ratio: float | None, 
         ds, split = held_out_split(load_data(eval_data), eval_data, eval_split)
         name = public_source(eval_data)
         return train, ds, {"name": name, "type": name, "split": split}
-    if eval_ratio:
-        if not 0 < eval_ratio < 1:
-            raise HfExpandError(f"--eval-ratio must be in (0, 1), got {eval_ratio}")
+    if eval_ratio is not None:
+        check_eval_ratio(eval_ratio)
         if SOURCE_INDEX in train.column_names:
             parts = split_by_source(train, test_size=eval_ratio, seed=seed)
         else:
             if len(train) < 2:
                 raise HfExpandError("need at least two rows to carve an eval split")
+            n_test = math.ceil(eval_ratio * len(train))  # as datasets' train_test_split counts
+            if n_test < 1 or len(train) - n_test < 1:
+                raise HfExpandError(f"--eval-ratio {eval_ratio:g} of {len(train)} rows leaves {len(train) - n_test} for "
+                                    f"training and {n_test} for evaluation; both need at least one: choose a ratio "
+                                    f"between {1 / len(train):.3g} and {1 - 1 / len(train):.3g}")
             parts = train.train_test_split(test_size=eval_ratio, seed=seed)
         name = public_source(data)
         return parts["train"], parts["test"], {"name": name, "type": name,
                                                "split": f"held-out {eval_ratio:g} of the training data (seed {seed})"}
     return train, None, None
+
+
+def check_eval_ratio(eval_ratio) -> None:
+    """A share in (0, 1): 0 would silently mean "no evaluation", NaN and 1 leave nothing to train on."""
+    if isinstance(eval_ratio, bool) or not isinstance(eval_ratio, (int, float)) or not 0 < eval_ratio < 1:
+        raise HfExpandError(f"--eval-ratio must be in (0, 1), got {eval_ratio}")
 
 
 def load_splits(data: str, eval_data: str | None, eval_ratio: float | None, seed: int, eval_split: str | None = None):
@@ -193,3 +205,35 @@ def collator(task: str, tokenizer, seed: int):
     if task == "masked-lm" and tokenizer.mask_token is None:
         raise HfExpandError("masked-lm training needs a tokenizer with a mask token")
     return DataCollatorForLanguageModeling(tokenizer, mlm=task == "masked-lm", seed=seed)
+
+
+class PositionSeededCollator:
+    """Masked-LM collation whose masks depend only on (seed, process, epoch, position of the batch in its
+    epoch), not on how many batches came before: a resumed run (which skips the batches it already trained
+    on without collating them) draws exactly the masks of an uninterrupted run. The loop calls
+    :meth:`start` before each epoch's batches (``position`` = batches skipped), and before each evaluation."""
+
+    def __init__(self, base, seed: int, rank: int = 0):
+        self.base, self.seed, self.rank = base, seed, rank
+        self.epoch, self.position = 0, 0
+
+    def start(self, epoch: int, position: int = 0) -> None:
+        self.epoch, self.position = epoch, position
+
+    def __call__(self, examples):
+        import hashlib
+        import os
+
+        import torch
+
+        key = hashlib.blake2b(f"{self.seed}/{self.rank}/{self.epoch}/{self.position}".encode(), digest_size=8).digest()
+        self.base.generator = torch.Generator().manual_seed(int.from_bytes(key, "little") >> 1)
+        self.base._generator_pid = os.getpid()  # (transformers would otherwise re-create it from the plain seed)
+        self.position += 1
+        return self.base(examples)
+
+
+def restart(collate, epoch: int, position: int = 0) -> None:
+    """Position a :class:`PositionSeededCollator` (no-op for the others)."""
+    if isinstance(collate, PositionSeededCollator):
+        collate.start(epoch, position)

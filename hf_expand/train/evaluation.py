@@ -6,6 +6,14 @@ from ..errors import HfExpandError
 from .loop import TrainArgs, load_for_training
 
 
+def check_eval_args(batch_size: int, max_length: int, seed: int) -> None:
+    for flag, value in (("--batch-size", batch_size), ("--max-length", max_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise HfExpandError(f"{flag} must be a whole number >= 1, got {value}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise HfExpandError(f"--seed must be a whole number between 0 and 2**63 - 1, got {seed}")
+
+
 def evaluate_dataset(model_path: str, ds, text_column: str = "text", label_column: str | None = None,
                      task: str | None = None, batch_size: int = 16, max_length: int = 128, seed: int = 0,
                      num_labels=None, where: str = "the data", progress: str | None = None) -> tuple[dict, bool]:
@@ -21,6 +29,7 @@ def evaluate_dataset(model_path: str, ds, text_column: str = "text", label_colum
     from . import data as D
     from .metrics import evaluate_model
 
+    check_eval_args(batch_size, max_length, seed)
     torch.manual_seed(seed)
     a = TrainArgs(model=model_path, data="", out="", text_column=text_column, label_column=label_column, task=task)
     model, tokenizer, _, task, head = load_for_training(a, num_labels or D.count_labels(ds, label_column))
@@ -41,6 +50,7 @@ def evaluate_checkpoint(model_path: str, data: str, text_column: str = "text", l
     from ..augment.data_io import load_data
     from . import data as D
 
+    check_eval_args(batch_size, max_length, seed)
     ds, split = D.held_out_split(load_data(data), data, split, what="--data")
     if len(ds) == 0:
         raise HfExpandError(f"{data} has no rows to evaluate")

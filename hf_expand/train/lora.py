@@ -7,6 +7,7 @@ model: the grown slices were trained outside it, in the base weights.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -63,4 +64,13 @@ def finish_lora(model, out: Path | None, probe: dict):
         before = model(**inputs).logits.float()
         merged = model.merge_and_unload()
         after = merged(**inputs).logits.float()
-    return merged, float((before - after).abs().max())
+    bad = [name for name, logits in (("unmerged", before), ("merged", after)) if not torch.isfinite(logits).all()]
+    diff = float((before - after).abs().max()) if not bad else float("nan")
+    if bad or not math.isfinite(diff):
+        from ..errors import NonFiniteOutputs
+
+        # where: "base" = the trained model with its adapter, "grown" = the merged model that would be saved
+        where = "both" if len(bad) == 2 else {"unmerged": "base", "merged": "grown"}.get(bad[0] if bad else "", "both")
+        raise NonFiniteOutputs(f"LoRA merge check: the {' and the '.join(bad) or 'merge'} model computes non-finite "
+                               f"logits on the probe batch; the final model was not written", where)
+    return merged, diff

@@ -8,7 +8,9 @@ optimizer momentum included. Three mechanisms together give that:
   (``torch.where``, so even a NaN gradient cannot leak into them). With zero gradients Adam's moments stay
   exactly 0 there, so its update ``m / (sqrt(v) + eps)`` is exactly 0;
 * decoupled weight decay, which would shrink every value whatever its gradient, is applied by
-  :class:`MaskedAdamW` to the new positions only.
+  :class:`MaskedAdamW` to the new positions only; it also zeroes the old positions of the gradients again
+  right before each update, so gradient clipping by a NaN norm (which multiplies every entry by NaN)
+  cannot reach them either.
 
 Record names are those of the class that grew the model; a model loaded with another head (a
 classifier on top of a grown ``AutoModel``) matches them with or without its ``base_model_prefix``.
@@ -147,13 +149,17 @@ class MaskedAdamW(torch.optim.AdamW):
     def step(self, closure=None):
         for group in self.param_groups:
             decay = group.get("masked_decay", 0.0)
-            if decay:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        if self.masks[p].device != p.device:  # moved once, not every step
-                            self.masks[p] = self.masks[p].to(p.device)
-                        m = self.masks[p]
-                        p.sub_(torch.where(m, p * (group["lr"] * decay), torch.zeros_like(p)))
+            for p in group["params"]:
+                if p.grad is None or p not in self.masks:
+                    continue
+                if self.masks[p].device != p.device:  # moved once, not every step
+                    self.masks[p] = self.masks[p].to(p.device)
+                m = self.masks[p]
+                # the hook zeroed the old entries, but whatever ran since (clipping by a NaN norm multiplies
+                # every entry by NaN) must not reach them: exact zeros again, right before the update
+                p.grad.copy_(torch.where(m, p.grad, torch.zeros_like(p.grad)))
+                if decay:
+                    p.sub_(torch.where(m, p * (group["lr"] * decay), torch.zeros_like(p)))
         return super().step(closure)
 
 

@@ -121,6 +121,7 @@ def test_timeout_when_the_server_accepts_and_never_answers(hub, grown):
     assert r.elapsed < TIMEOUT + 30, r.elapsed  # ~5 s of imports + the 3 s timeout
 
 
+@pytest.mark.slow  # the default suite holds the timeout with test_timeout_when_the_server_accepts_and_never_answers
 @pytest.mark.parametrize("route,path", [("info", "/api/models/carol/hang-info"),
                                         ("preupload", "/api/models/carol/hang-preupload/preupload/main"),
                                         ("commit", "/api/models/carol/hang-commit/commit/main")])

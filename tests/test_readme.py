@@ -153,3 +153,21 @@ def test_readme_runs_as_written(world):
     assert "model.safetensors" in files and "README.md" in files
     again = json.loads(server.files("your-name/llama-pro-2")["hf_expand_growth.json"])
     assert again["source"] == "your-name/llama-pro-trained"
+
+
+def test_reliability_promises_name_real_tests():
+    """Every test README's "Reliability promises" table names exists (a renamed test breaks the claim)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    table = text.split("## Reliability promises", 1)[1].split("\n## ", 1)[0]
+    refs, current = [], None
+    for path, name in re.findall(r"`(tests/[\w/]+\.py)?(?:::(\w+))?", table):
+        current = path or current
+        if path or name:
+            refs.append((current, name))
+    assert len(refs) > 20, refs
+    for path, name in refs:
+        source = (root / path).read_text()
+        assert not name or re.search(rf"^def {name}\(", source, re.M), f"{path}::{name} not found"

@@ -438,6 +438,10 @@ def _finish_model(model: Path, out: Path, recipe: dict, evaluation: dict | None)
     write_card(model)
 
 
+def _g(x) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
 def _print_summary(r: Runner, record: dict, evaluation: dict | None) -> None:
     print("\nstage      status                   seconds")
     for name, status, seconds in r.timings:
@@ -449,7 +453,7 @@ def _print_summary(r: Runner, record: dict, evaluation: dict | None) -> None:
         recorded = "; ".join(f"{d['op']} changed outputs by {d['max_abs_diff']:.3g} (not function-preserving)"
                              for d in v.get("recorded_differences") or [])
         print(f"parameters: {ops[0]['params_before']:,} -> {ops[-1]['params_after']:,}; "
-              f"preservation max |diff| {v.get('reloaded_max_abs_diff')}" + (f"; {recorded}" if recorded else ""))
+              f"preservation max |diff| {_g(v.get('reloaded_max_abs_diff'))}" + (f"; {recorded}" if recorded else ""))
     metrics = {} if evaluation else (record.get("training") or {}).get("metrics") or {}  # evaluation supersedes
     labels = {"base": "base model", "grown": "grown, before training", "trained": "trained"}
     if metrics.get("base_skipped"):

@@ -3,7 +3,7 @@
 * held-out accuracy of the trained model is reported beside the base model's and clearly better than
   the untrained head (by 0.3 or more);
 * the output folder loads in stock transformers with hf_expand not importable, and classifies;
-* its card carries the held-out metrics and the training curve, which exists;
+* its card carries the held-out metrics and the training curve, which exists, names base_model and no local path;
 * rerunning the quickstart skips every stage, and says so in its output and in run.log, quickly.
 
     .venv/bin/python scripts/check_quickstart.py [RUN_DIR]      # default runs/quickstart
@@ -54,6 +54,9 @@ def main() -> int:
     check("## Held-out evaluation" in card and f"{trained:.3g}" in card, "card carries the held-out metrics")
     check((model / "training_curve.png").is_file() and "training_curve.png" in card, "card shows training_curve.png")
     check("## Recipe" in card, "card embeds the resolved recipe")
+    check("\nbase_model: sentence-transformers/all-MiniLM-L6-v2\n" in card, "card names its base_model (issue 13)")
+    check("site-packages" not in card and str(Path.home()) + "/" not in card and str(ROOT) not in card,
+          "card names no local path")
 
     log_before = (run / "run.log").read_text()
     start = time.perf_counter()

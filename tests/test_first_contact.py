@@ -208,3 +208,28 @@ push: {{repo: alice/recipe-model}}
     assert "id: tiny-llama" in pushed["recipe/recipe.yaml"].decode()
     for text in outputs:
         assert "HTTP Request" not in text and "LOAD REPORT" not in text, text[-2000:]
+
+
+def test_quickstart_output_is_quiet_and_rounded(tmp_path):
+    """The quickstart recipe (shrunk: 8 glosses a class, 2 steps) prints no transformers load report for the
+    head it creates on purpose, says so once in its own words, and prints metrics rounded; its card names
+    the Hub model the package ships as base_model."""
+    import re
+    import subprocess
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "qs"
+    proc = subprocess.run([sys.executable, "-m", "hf_expand", "run", "quickstart", "--out", str(out),
+                           "data.per_class=8", "data.test_per_class=4", "train.max_steps=2", "train.eval_every=1"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    assert "LOAD REPORT" not in text and "MISSING" not in text and "HTTP Request" not in text
+    assert text.count("classification head") == 1, text
+    assert "step 1: eval accuracy" in text
+    assert not re.search(r"\d\.\d{6,}", proc.stdout), proc.stdout  # metrics are rounded
+    card = ModelCard.load(out / "trained" / "README.md")
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"

@@ -55,6 +55,17 @@ def main() -> int:
     check((model / "training_curve.png").is_file() and "training_curve.png" in card, "card shows training_curve.png")
     check("## Recipe" in card, "card embeds the resolved recipe")
     check("\nbase_model: sentence-transformers/all-MiniLM-L6-v2\n" in card, "card names its base_model (issue 13)")
+    printed = ROOT / "runs" / "quickstart-output.log"  # what .ci/run's quickstart printed (tee)
+    if printed.is_file():
+        import re
+
+        text = printed.read_text(errors="replace")
+        text = text[text.find("[grow] running"):]
+        check("LOAD REPORT" not in text and "HTTP Request" not in text, "no transformers load report, no HTTP lines")
+        check(text.count("classification head") == 1, "the new head is announced once")
+        lines = [ln for ln in text.splitlines() if "it/s]" not in ln and "examples/s]" not in ln]
+        long = [ln for ln in lines if re.search(r"\d\.\d{6,}", ln)]
+        check(not long, "metrics printed rounded" + (f": {long[0]!r}" if long else ""))
     check("site-packages" not in card and str(Path.home()) + "/" not in card and str(ROOT) not in card,
           "card names no local path")
 

@@ -210,6 +210,7 @@ push: {{repo: alice/recipe-model}}
         assert "HTTP Request" not in text and "LOAD REPORT" not in text, text[-2000:]
 
 
+@pytest.mark.slow  # CI checks the real quickstart's output (scripts/check_quickstart.py)
 def test_quickstart_output_is_quiet_and_rounded(tmp_path):
     """The quickstart recipe (shrunk: 8 glosses a class, 2 steps) prints no transformers load report for the
     head it creates on purpose, says so once in its own words, and prints metrics rounded; its card names

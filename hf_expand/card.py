@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from .grow import RECORD_FILE
-from .lineage import base_model, is_hub_id, public_source
+from .lineage import base_model, is_hub_id, is_repo_id, public_source
 
 # architecture suffix -> (pipeline tag, the Auto class that loads it)
 HEADS = (("ForCausalLM", "text-generation", "AutoModelForCausalLM"), ("ForMaskedLM", "fill-mask", "AutoModelForMaskedLM"),
@@ -90,7 +90,7 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
     ops = record.get("operations") or []
     name = repo_id or name or folder.name
     tags = ["hf-expand", "model-growth", *sorted({o["op"].replace("_", "-") for o in ops})]
-    data_sources = [d for d in (training.get("data_source"),) if is_hub_id(d) and "/" in d]
+    data_sources = [d for d in (training.get("data_source"),) if is_repo_id(d) and is_hub_id(d)]
     task = pipeline_tag(config)
     evaluation = record.get("evaluation") or {}
     eval_results = [EvalResult(task_type=task, dataset_type=ds["type"], dataset_name=ds["name"],

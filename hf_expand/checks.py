@@ -48,9 +48,9 @@ def whole(minimum: int, maximum: int | None = None):
 
 def repo_id(value) -> str | None:
     """A Hub repo to push to: ``namespace/name`` (the rule ``hub.push_folder`` applies)."""
-    from .model_io import _is_hub_id
+    from .lineage import is_repo_id
 
-    if not isinstance(value, str) or not _is_hub_id(value) or "/" not in value:
+    if not is_repo_id(value):
         return f"{value!r} is not a repo id; use namespace/name"
     return None
 

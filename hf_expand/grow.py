@@ -253,10 +253,10 @@ def grow_checkpoint(
 
     ``base_model``: the Hub id the card names as lineage when ``src`` is a local folder (see ``lineage``).
     """
-    from .lineage import is_hub_id, no_lineage_hint
+    from .lineage import is_hub_id, is_repo_id, no_lineage_hint
 
     check_output_dir(out, overwrite, src)
-    if base_model is not None and not (is_hub_id(base_model) and "/" in base_model):
+    if base_model is not None and not is_repo_id(base_model):
         raise HfExpandError(f"--base-model {base_model!r} is not a Hub model id; use org/name")
     config = load_config(src, trust_remote_code)
     operations = with_tokenizer(operations, src, trust_remote_code)

@@ -283,14 +283,15 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     ``HF_EXPAND_PUSH_TIMEOUT`` or 60); a request that times out fails the push at once, without retries.
     Before any request the folder is checked (``upload_files``, ``check_complete``): nothing is sent from a
     folder whose save or training did not finish, or that holds links leading out of it."""
-    from .model_io import _is_hub_id
+    from . import checks
 
     seconds = push_timeout(timeout)
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise HfExpandError(f"{folder} is not a model folder (no config.json); push the folder hf-expand wrote")
-    if not _is_hub_id(repo_id) or "/" not in repo_id:
-        raise HfExpandError(f"{repo_id!r} is not a repo id; use namespace/name")
+    problem = checks.repo_id(repo_id)
+    if problem:
+        raise HfExpandError(problem)
     record_path = folder / RECORD_FILE
     record = _read_json(record_path, _RESAVE) if record_path.is_file() else None
     files = upload_files(folder, include_dotfiles=include_dotfiles)

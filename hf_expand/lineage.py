@@ -29,10 +29,20 @@ LOCAL_FILE = ".hf_expand_local.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
+def hub_id_syntax(value) -> bool:
+    """Spelled like a Hub id (``org/name`` or ``name``), whatever exists on disk."""
+    return (isinstance(value, str) and bool(_HUB_ID.match(value)) and value.count("/") <= 1
+            and not value.startswith((".", "/")))
+
+
 def is_hub_id(value) -> bool:
     """``org/name`` or ``name`` that is not an existing local path."""
-    return (isinstance(value, str) and bool(_HUB_ID.match(value)) and value.count("/") <= 1
-            and not value.startswith((".", "/")) and not Path(value).exists())
+    return hub_id_syntax(value) and not Path(value).exists()
+
+
+def is_repo_id(value) -> bool:
+    """A full ``namespace/name`` repo id (what ``--base-model``, ``push`` and lineage take)."""
+    return hub_id_syntax(value) and "/" in value
 
 
 def _site_dirs() -> list[Path]:
@@ -127,7 +137,7 @@ def base_model(record: dict) -> str | None:
     """The card's ``base_model``: the repo the parent was pushed to, else the lineage the user gave, else a
     Hub id source. None when nothing is known (a local source without ``--base-model``)."""
     for value in (record.get("parent_repo"), record.get("base_model"), record.get("source")):
-        if value and is_hub_id(value) and "/" in value:
+        if value and is_repo_id(value) and is_hub_id(value):
             return value
     return None
 

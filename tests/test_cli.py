@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import minilm_path, tiny_config
+from conftest import assert_nothing_written, minilm_path, tiny_config
 from hf_expand.cli import main
 
 
@@ -20,16 +20,6 @@ def run_cli(capsys, *args):
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def assert_nothing_written(parent: Path, name: str = "out"):
-    assert not (parent / name).exists()
-    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")], list(parent.iterdir())
-
-
-@pytest.fixture()
-def llama_dir(tiny_checkpoints):
-    return tiny_checkpoints("llama")
 
 
 BAD_INPUTS = {

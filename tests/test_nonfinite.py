@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_tokenizer
+from conftest import assert_nothing_written, tiny_tokenizer
 from hf_expand.cli import main
 from hf_expand.errors import PreservationError
 
@@ -29,16 +29,6 @@ def error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("hf-expand: error:")]
     assert len(lines) == 1, err
     return lines[0]
-
-
-def assert_nothing_written(parent: Path, name: str = "out"):
-    assert not (parent / name).exists()
-    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")], list(parent.iterdir())
-
-
-@pytest.fixture()
-def llama_dir(tiny_checkpoints):
-    return tiny_checkpoints("llama")
 
 
 @pytest.fixture()

@@ -36,7 +36,8 @@ def test_every_recipe_passes_dry_run(recipe, tiny_checkpoints, tiny_classifier_c
     assert "model:" in out and "parameters:" in out
 
 
-def tiny_recipe(tmp_path: Path, model: Path) -> Path:
+def tiny_recipe(tmp_path: Path, model: Path, extra: str = "") -> Path:
+    """grow (+1 layer) -> data (20% held out) -> augment -> train 3 steps; ``extra`` is appended as is."""
     path = tmp_path / "r.yaml"
     path.write_text(f"""
 model: {{id: {model}}}
@@ -45,7 +46,7 @@ grow:
 data: {{source: {SENTENCES}, eval_ratio: 0.2}}
 augment: {{augmenters: ["random_swap:p=0.2"], copies: 1}}
 train: {{max_steps: 3, batch_size: 8, lr: 1.0e-3}}
-""")
+{extra}""")
     return path
 
 

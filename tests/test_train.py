@@ -22,15 +22,6 @@ from matrix import tiny_model, tiny_tokenizer
 SENTENCES = Path(__file__).parent / "data" / "sentences.txt"
 
 
-@pytest.fixture(scope="module")
-def grown_llama(tmp_path_factory, tiny_checkpoints) -> Path:
-    """A tiny llama grown with widen_ffn x1.5 and one added layer (with its growth record)."""
-    root = tmp_path_factory.mktemp("train")
-    grow_checkpoint(str(tiny_checkpoints("llama")), root / "grown", [WidenFFN(factor=1.5), AddLayers(count=1)],
-                    progress=False)
-    return root / "grown"
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     before = torch.get_num_threads()

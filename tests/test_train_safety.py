@@ -13,7 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_expand import AddLayers, WidenFFN, grow_checkpoint
 from hf_expand.cli import main
 from hf_expand.errors import NonFiniteOutputs
 from hf_expand.train import TrainArgs, train
@@ -33,13 +32,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def grown(tmp_path_factory, tiny_checkpoints) -> Path:
-    """A tiny llama with FFN x1.5 (partly-new tensors) and one added layer (wholly new tensors)."""
-    root = tmp_path_factory.mktemp("safety")
-    grow_checkpoint(str(tiny_checkpoints("llama")), root / "grown", [WidenFFN(factor=1.5), AddLayers(count=1)],
-                    progress=False)
-    return root / "grown"
+@pytest.fixture()
+def grown(grown_llama) -> Path:
+    return grown_llama
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -278,12 +273,8 @@ def test_overwrite_keeps_the_previous_model_until_the_new_run_succeeds(grown, tm
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging or backup left beside it
 
 
-def test_interrupted_final_save_is_unfinished_and_resume_completes_it(grown, tmp_path, capsys, monkeypatch):
-    """Ctrl-C while the record (the commit marker, moved last) goes into place: the folder is recognisably
-    unfinished (no record), a plain rerun is refused, --resume finishes it to the uninterrupted result."""
-    straight = tmp_path / "straight"
-    assert main(base_argv(grown, straight, "--max-steps", "6", "--save-every", "2")) == 0
-    out = tmp_path / "run"
+def interrupt_at_the_record(m) -> None:
+    """Ctrl-C while the final save moves the growth record (its commit marker, moved last) into place."""
     real = loop._move_into_place
 
     def interrupt(src, dest):
@@ -291,8 +282,17 @@ def test_interrupted_final_save_is_unfinished_and_resume_completes_it(grown, tmp
             raise KeyboardInterrupt
         real(src, dest)
 
+    m.setattr(loop, "_move_into_place", interrupt)
+
+
+def test_interrupted_final_save_is_unfinished_and_resume_completes_it(grown, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the record (the commit marker, moved last) goes into place: the folder is recognisably
+    unfinished (no record), a plain rerun is refused, --resume finishes it to the uninterrupted result."""
+    straight = tmp_path / "straight"
+    assert main(base_argv(grown, straight, "--max-steps", "6", "--save-every", "2")) == 0
+    out = tmp_path / "run"
     with monkeypatch.context() as m:
-        m.setattr(loop, "_move_into_place", interrupt)
+        interrupt_at_the_record(m)
         capsys.readouterr()
         assert main(base_argv(grown, out, "--max-steps", "6", "--save-every", "2")) == 130
         err = capsys.readouterr().err.strip().splitlines()
@@ -434,15 +434,8 @@ def test_interrupted_overwrite_keeps_the_old_model_and_resume_replaces_it(grown,
     assert main(base_argv(grown, out, "--max-steps", "2")) == 0
     kept = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     new = base_argv(grown, out, "--max-steps", "4", "--save-every", "2", "--overwrite")
-    real = loop._move_into_place
-
-    def interrupt(src, dest):
-        if dest.name == RECORD:
-            raise KeyboardInterrupt
-        real(src, dest)
-
     with monkeypatch.context() as m:
-        m.setattr(loop, "_move_into_place", interrupt)
+        interrupt_at_the_record(m)
         capsys.readouterr()
         assert main(new) == 130
         err = capsys.readouterr().err.strip().splitlines()

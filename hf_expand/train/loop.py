@@ -132,9 +132,9 @@ def _check_args(a: TrainArgs) -> None:
         raise HfExpandError(f"--lora-r must be >= 1, got {a.lora_r}")
     if not a.lora_alpha > 0:
         raise HfExpandError(f"--lora-alpha must be > 0, got {a.lora_alpha}")
-    from ..lineage import is_hub_id
+    from ..lineage import is_repo_id
 
-    if a.base_model is not None and not (is_hub_id(a.base_model) and "/" in a.base_model):
+    if a.base_model is not None and not is_repo_id(a.base_model):
         raise HfExpandError(f"--base-model {a.base_model!r} is not a Hub model id; use org/name")
     if a.mixed_precision not in ("no", "bf16", "fp16"):
         raise HfExpandError(f"--mixed-precision must be no, bf16 or fp16, got {a.mixed_precision}")
@@ -174,14 +174,9 @@ class RunTarget:
 
 
 def _read_args(folder: Path) -> dict:
-    path = folder / ARGS_FILE
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise HfExpandError(f"--resume: {path} cannot be read ({exc}); start again with --overwrite") from None
-    if not isinstance(saved, dict):
-        raise HfExpandError(f"--resume: {path} is not a JSON object; start again with --overwrite")
-    return saved
+    from ..jsonfile import read_object
+
+    return read_object(folder / ARGS_FILE, "start the run again with --overwrite")
 
 
 def _unfinished_line(folder: Path) -> str:
@@ -308,16 +303,10 @@ def read_record(model: str) -> dict | None:
     """The growth record beside ``model`` (None when there is none); a damaged one is one line naming it."""
     from ..grow import RECORD_FILE
 
+    from ..jsonfile import read_object
+
     path = Path(model) / RECORD_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise HfExpandError(f"{path} is damaged ({exc}); restore it, or grow the model again") from None
-    if not isinstance(record, dict):
-        raise HfExpandError(f"{path} is damaged (not a JSON object); restore it, or grow the model again")
-    return record
+    return read_object(path, "restore it, or grow the model again") if path.is_file() else None
 
 def load_for_training(a: TrainArgs, num_labels=None):
     """(model, tokenizer, growth record or None, task, names of freshly created head parameters)."""
@@ -680,12 +669,9 @@ def _augmentation_summary(data: str) -> str | None:
     path = Path(data) / "hf_expand_augmentation.json"
     if not path.is_file():
         return None
-    try:
-        info = json.loads(path.read_text())
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise HfExpandError(f"{path} is damaged ({exc}); restore it or augment the data again") from None
+    from ..jsonfile import read_object
+
+    info = read_object(path, "restore it or augment the data again")
     return f"{'; '.join(info.get('augmenters', []))}, seed {info.get('seed')}, copies {info.get('copies')}: " + \
         " | ".join(info.get("summary", []))
 
@@ -870,10 +856,10 @@ def _write_final(model, tokenizer, record, section, out: Path, a: TrainArgs, nam
     tokenizer.save_pretrained(out)
     from ..card import write_card
 
-    from ..lineage import is_hub_id, local_source, public_source, write_local
+    from ..lineage import is_hub_id, is_repo_id, local_source, public_source, write_local
 
     record = dict(record or {"source": public_source(a.model),
-                             "base_model": a.model if is_hub_id(a.model) and "/" in a.model else None})
+                             "base_model": a.model if is_repo_id(a.model) and is_hub_id(a.model) else None})
     if a.base_model:
         record["base_model"] = a.base_model
     record["trained_from"] = public_source(a.model)

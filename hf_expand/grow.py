@@ -32,6 +32,7 @@ from .model_io import (
 from .ops import sort_operations
 from .ops.common import param_count
 from .plan import WHOLE, Plan, compose_slices
+from .shards import DEFAULT_MAX_SHARD_SIZE, parse_size
 from .verify import Probes, default_tolerance, make_probes, max_abs_diff, new_output_measures, outputs, require_finite
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class GrowthReport:
     reference: str = "base"
     tokenizer: Any = None  # the grown tokenizer when tokens were added (not part of the record)
     reference_outputs: Any = None  # outputs of the reference on the probes (not part of the record)
+    certificate: dict | None = None  # the streamed block-by-block comparison (certificate.Certificate.to_record)
 
     @property
     def preserving(self) -> bool:
@@ -103,6 +105,7 @@ class GrowthReport:
                 "compared_with": self.reference,
                 "function_preserving": self.preserving,
                 "recorded_differences": self.recorded_differences,
+                **({"certificate": self.certificate} if self.certificate is not None else {}),
             },
             "new_slices": self.new_slices,
             "modified": self.modified,
@@ -248,38 +251,83 @@ def grow_checkpoint(
     command: str | None = None,
     progress: bool = False,
     base_model: str | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    streamed: bool | None = None,
 ) -> GrowthReport:
-    """Load ``src`` (folder or Hub id), grow it, verify it reloaded from disk, write ``out`` atomically.
+    """Grow ``src`` (folder or Hub id) into ``out``: read -> plan -> compose -> write -> verify -> record.
 
+    A safetensors checkpoint is streamed (see :mod:`hf_expand.streamed`): tensors are read one at a time,
+    each output tensor is computed by its composed chain of plan steps and written into size-bounded shards
+    (``max_shard_size``), and the certificate compares the base with the folder as written, block by block,
+    in stock transformers modules. Memory is about one block whatever the model's size. A checkpoint with
+    only pickled ``.bin`` weights (or ``streamed=False``) takes the in-memory path (``grow_model``, then
+    ``save_pretrained``), which holds the whole model in fp32 more than once.
     ``base_model``: the Hub id the card names as lineage when ``src`` is a local folder (see ``lineage``).
     """
-    from .lineage import is_hub_id, is_repo_id, no_lineage_hint
+    from .lineage import is_repo_id
 
     check_output_dir(out, overwrite, src)
     if base_model is not None and not is_repo_id(base_model):
         raise HfExpandError(f"--base-model {base_model!r} is not a Hub model id; use org/name")
     config = load_config(src, trust_remote_code)
     operations = with_tokenizer(operations, src, trust_remote_code)
-    plan_growth(config, operations)  # fail on bad input before reading any weight
-    tokenizer = load_probe_tokenizer(src, trust_remote_code) if probe_texts else None
-    model = load_model(src, config, trust_remote_code)
-    probes = make_probes(model.config, tokenizer, list(probe_texts or []), seed=seed,
-                         vocab_limit=probe_vocab_limit(operations))
+    plans = plan_growth(config, operations)  # fail on bad input before reading any weight
+    limit = parse_size(max_shard_size)
+    setup = GrowSetup(src, out, operations, seed, tolerance, probe_texts, accept_difference, overwrite,
+                      trust_remote_code, command, progress, base_model, config, limit)
+    if streamed is not False:
+        from .checkpoint import has_safetensors, resolve_folder
+
+        folder = resolve_folder(src)
+        if has_safetensors(folder):
+            return _grow_streamed(setup, plans, folder)
+        log.warning("%s has no safetensors weights (only pickled .bin files): growing in memory, which holds the "
+                    "whole model in fp32 about three times; convert it to safetensors to stream it", src)
+    return _grow_in_memory(setup)
+
+
+@dataclass
+class GrowSetup:
+    """The arguments of one ``grow_checkpoint`` call, shared by its stages."""
+
+    src: str
+    out: str | Path
+    operations: Sequence
+    seed: int
+    tolerance: float | None
+    probe_texts: Sequence[str] | None
+    accept_difference: bool
+    overwrite: bool
+    trust_remote_code: bool
+    command: str | None
+    progress: bool
+    base_model: str | None
+    config: Any
+    max_shard_size: int
+
+    def probes(self) -> Probes:
+        tokenizer = load_probe_tokenizer(self.src, self.trust_remote_code) if self.probe_texts else None
+        return make_probes(self.config, tokenizer, list(self.probe_texts or []), seed=self.seed,
+                           vocab_limit=probe_vocab_limit(self.operations))
+
+
+def _grow_in_memory(setup: GrowSetup) -> GrowthReport:
+    """The whole model in fp32: ``grow_model``, ``save_pretrained``, reload, compare (pickled checkpoints)."""
+    src, config = setup.src, setup.config
+    model = load_model(src, config, setup.trust_remote_code)
+    probes = setup.probes()
     dtype = source_dtype(config)  # the checkpoint's dtype (the model itself was loaded in fp32)
-    user_tolerance = tolerance
-    tolerance = default_tolerance(dtype) if tolerance is None else tolerance
+    tolerance = default_tolerance(dtype) if setup.tolerance is None else setup.tolerance
     base_out = outputs(model.eval(), probes)
-    in_memory_tolerance = default_tolerance(torch.float32) if user_tolerance is None else user_tolerance
-    grown, report = grow_model(model, operations, seed, in_memory_tolerance, probes, accept_difference, progress, base_out)
+    in_memory_tolerance = default_tolerance(torch.float32) if setup.tolerance is None else setup.tolerance
+    grown, report = grow_model(model, setup.operations, setup.seed, in_memory_tolerance, probes,
+                               setup.accept_difference, setup.progress, base_out)
     report.tolerance = tolerance
     del model  # free the base weights before saving
 
-    with atomic_output_dir(out, overwrite, src) as tmp:
-        grown.to(dtype).save_pretrained(tmp)
-        copied = copy_tokenizer_and_generation_config(src, tmp, trust_remote_code)
-        if report.tokenizer is not None:
-            report.tokenizer.save_pretrained(tmp)  # the grown tokenizer replaces the copied one
-            copied = sorted(set(copied) | {"tokenizer"})
+    with atomic_output_dir(setup.out, setup.overwrite, src) as tmp:
+        grown.to(dtype).save_pretrained(tmp, max_shard_size=setup.max_shard_size)
+        copied = _copy_side_files(setup, tmp, report)
         # The evidence that counts: the folder as written, loaded by stock transformers.
         reloaded = auto_class_for(grown.config).from_pretrained(tmp, dtype=torch.float32)
         try:
@@ -288,35 +336,183 @@ def grow_checkpoint(
                                                         names=(_reference_name(report.reference), "the saved model"))
         except NonFiniteOutputs as exc:
             raise NonFiniteOutputs(f"{exc}; nothing was written ({NEVER_PRESERVED})", exc.where) from None
-        log.info("reloaded from disk: max |%s - saved| = %.3g", report.reference, report.reloaded_max_abs_diff)
-        if report.reloaded_max_abs_diff > report.tolerance and not accept_difference:
-            raise PreservationError(
-                f"the saved model's outputs differ from {report.reference} by {report.reloaded_max_abs_diff:.3g} "
-                f"(> tolerance {report.tolerance:g}); nothing was written"
-            )
-        from .lineage import public_source, write_local
-
-        record = report.to_record(
-            source=public_source(src),
-            auto_class=auto_class_for(grown.config).__name__,
-            dtype=str(dtype).removeprefix("torch."),
-            copied=copied,
-            command=command,
-        )
-        from .card import base_license, write_card
-
-        record["license"] = base_license(src)
-        parent_record = Path(src) / RECORD_FILE
-        parent = json.loads(parent_record.read_text()) if parent_record.is_file() else {}
-        if parent.get("pushed_to"):  # growing a grown folder that was pushed: that repo is the parent
-            record["parent_repo"] = parent["pushed_to"]
-        record["base_model"] = base_model or (src if is_hub_id(src) else parent.get("base_model"))
-        if not (record["base_model"] or record.get("parent_repo")):
-            log.warning(no_lineage_hint(src, "--base-model ORG/NAME (recipe: model.base_model)"))
-        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        write_local(tmp, source=src)
-        write_card(tmp, name=Path(out).name)
+        _check_final(report, setup.accept_difference)
+        _write_record(setup, tmp, report, auto_class_for(grown.config).__name__, dtype, copied, streamed=False)
     return report
+
+
+def _check_final(report: GrowthReport, accept_difference: bool, cert=None) -> None:
+    log.info("reloaded from disk: max |%s - saved| = %.3g", report.reference, report.reloaded_max_abs_diff)
+    if report.reloaded_max_abs_diff > report.tolerance and not accept_difference:
+        where = ""
+        if cert is not None:
+            block = cert.first_block_over(report.tolerance)
+            if block is not None:
+                where = (f"; the first block that differs is block {block['block']} (max |Δ| "
+                         f"{block['max_abs_diff']:.3g} after it, vs block {block['counterpart']} of {report.reference})")
+        raise PreservationError(
+            f"the saved model's outputs differ from {_reference_name(report.reference)} by "
+            f"{report.reloaded_max_abs_diff:.3g} (> tolerance {report.tolerance:g}){where}; nothing was written"
+        )
+
+
+def _copy_side_files(setup: GrowSetup, tmp: Path, report: GrowthReport) -> list[str]:
+    copied = copy_tokenizer_and_generation_config(setup.src, tmp, setup.trust_remote_code)
+    if report.tokenizer is not None:
+        report.tokenizer.save_pretrained(tmp)  # the grown tokenizer replaces the copied one
+        copied = sorted(set(copied) | {"tokenizer"})
+    return copied
+
+
+def _write_record(setup: GrowSetup, tmp: Path, report: GrowthReport, auto_class: str, dtype, copied: list[str],
+                  streamed: bool) -> None:
+    from .card import base_license, write_card
+    from .lineage import is_hub_id, no_lineage_hint, public_source, write_local
+
+    src = setup.src
+    record = report.to_record(
+        source=public_source(src),
+        auto_class=auto_class,
+        dtype=str(dtype).removeprefix("torch."),
+        copied=copied,
+        command=setup.command,
+    )
+    record["streamed"] = streamed
+    record["license"] = base_license(src)
+    parent_record = Path(src) / RECORD_FILE
+    parent = json.loads(parent_record.read_text()) if parent_record.is_file() else {}
+    if parent.get("pushed_to"):  # growing a grown folder that was pushed: that repo is the parent
+        record["parent_repo"] = parent["pushed_to"]
+    record["base_model"] = setup.base_model or (src if is_hub_id(src) else parent.get("base_model"))
+    if not (record["base_model"] or record.get("parent_repo")):
+        log.warning(no_lineage_hint(src, "--base-model ORG/NAME (recipe: model.base_model)"))
+    (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_local(tmp, source=src)
+    write_card(tmp, name=Path(setup.out).name)
+
+
+def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthReport:
+    from .certificate import StreamedModel, compare
+    from .checkpoint import CheckpointReader
+    from .compose import Chain, layer_counterparts
+    from .streamed import check_disk, meta_model, output_layout, write_grown
+
+    src, config = setup.src, setup.config
+    cls = auto_class_for(config)
+    base_cls = type(meta_model_for(cls, config))
+    dtype = source_dtype(config)
+    tolerance = default_tolerance(dtype) if setup.tolerance is None else setup.tolerance
+    base_meta = meta_model(base_cls, config)
+    reader = CheckpointReader(folder, base_meta)  # read: checks the index and every shard's header first
+    _check_fits(reader, base_meta, src)
+    grown_config = plans[-1].new_config if plans else config
+    grown_config.dtype = dtype
+    grown_meta = meta_model(base_cls, grown_config)
+    layout = output_layout(grown_meta, dtype, setup.max_shard_size)
+    check_disk(Path(setup.out), layout.nbytes)
+
+    probes = setup.probes()
+    base_run = StreamedModel(base_cls, config, reader.get, "base").run(probes, setup.progress)
+    try:  # nothing can be held to a base that computes NaN/inf
+        require_finite(base_run.outputs, probes, "the base model", "base")
+    except NonFiniteOutputs as exc:
+        raise NonFiniteOutputs(f"{exc}: growth cannot be verified against it; nothing was written", exc.where) from None
+    chain = Chain(reader.get, plans, setup.seed)
+    report = GrowthReport([], setup.seed, tolerance, probes.description)
+    n_out = base_run.outputs[0].shape[-1]
+    for plan in plans:
+        if plan.new_outputs is not None and plan.new_outputs[0] < n_out:
+            report.excluded_outputs.append(plan.new_outputs)  # old (unused) columns given a new meaning
+
+    # References: the base, then the model right after each non-preserving operation (computed on the fly).
+    ref_run, ref_level, pending = base_run, 0, []
+    for k, plan in enumerate(plans):
+        before = plans[k - 1].new_config if k else config
+        op_report = OpReport(plan.op, plan.params, plan.summary, plan.config_updates,
+                             param_count(describe(before, base_cls)), param_count(describe(plan.new_config, base_cls)),
+                             None, list(plan.notes), preserving=plan.preserving)
+        report.operations.append(op_report)
+        if "tokenizer" in plan.extra_files:
+            report.tokenizer = plan.extra_files["tokenizer"]
+        pending.append(op_report)
+        report.new_slices = compose_slices(report.new_slices, plan, "new_slices")
+        report.modified = compose_slices(report.modified, plan, "modified")
+        if plan.preserving:
+            continue
+        run = StreamedModel(base_cls, plan.new_config, chain.getter(k + 1), f"after {plan.op}").run(probes, setup.progress)
+        try:
+            diff = max_abs_diff(ref_run.outputs, run.outputs, probes, report.excluded_outputs,
+                                names=(_reference_name(report.reference), f"the model after {plan.op}"))
+        except NonFiniteOutputs as exc:
+            raise NonFiniteOutputs(f"{plan.op}: {exc}; nothing was written ({NEVER_PRESERVED})", exc.where) from None
+        for o in pending:
+            o.max_abs_diff = diff
+        pending = []
+        log.info("%s: %s; max |before - after| = %.3g (recorded: not function-preserving)", plan.op, plan.summary, diff)
+        ref_run, ref_level, report.reference = run, k + 1, f"the model right after {plan.op}"
+    report.modified = {k: v for k, v in report.modified.items() if report.new_slices.get(k) != [WHOLE]}
+
+    with atomic_output_dir(setup.out, setup.overwrite, src) as tmp:
+        write_grown(tmp, layout, chain, reader, grown_meta, dtype, setup.progress)  # write
+        grown_config.save_pretrained(tmp)
+        _save_generation_config(grown_meta, tmp)
+        copied = _copy_side_files(setup, tmp, report)
+        # verify: the folder as written, read back through the same stock classes, block by block
+        written = CheckpointReader(tmp, meta_model(base_cls, grown_config))
+        grown_run = StreamedModel(base_cls, grown_config, written.get, "grown").run(probes, setup.progress)
+        counterparts = layer_counterparts(plans[ref_level:], int(getattr(plans[ref_level - 1].new_config if ref_level else config, "num_hidden_layers")))
+        try:
+            cert = compare(ref_run, grown_run, probes, counterparts, report.excluded_outputs,
+                           names=(_reference_name(report.reference), "the saved model"))
+        except NonFiniteOutputs as exc:
+            raise NonFiniteOutputs(f"{exc}; nothing was written ({NEVER_PRESERVED})", exc.where) from None
+        report.reloaded_max_abs_diff = cert.max_abs_diff
+        report.certificate = cert.to_record()
+        for o in pending:
+            o.max_abs_diff = cert.max_abs_diff
+        for plan, o in zip(plans, report.operations):
+            if plan.new_outputs is not None:
+                o.measures = new_output_measures(ref_run.outputs, grown_run.outputs, probes, plan.new_outputs)
+                o.notes.append(
+                    f"new outputs take {o.measures['new_probability_mass']:.3%} of the probability mass on the probe "
+                    f"inputs; predictions changed at {o.measures['predictions_changed']} of {o.measures['positions']} positions")
+        for o in report.operations:
+            if o.preserving:
+                log.info("%s: %s", o.op, o.summary)
+            for note in o.notes:
+                log.info("  %s", note)
+        _check_final(report, setup.accept_difference, cert)
+        _write_record(setup, tmp, report, cls.__name__, dtype, copied, streamed=True)
+    return report
+
+
+def meta_model_for(cls, config):
+    """The class ``cls`` (an Auto class) builds for ``config``, on the meta device (no weights)."""
+    with torch.device("meta"):
+        return cls.from_config(config)
+
+
+def _check_fits(reader, base_meta, src: str) -> None:
+    """The stored tensors must have the shapes config.json gives (else: the in-memory path's one-line error)."""
+    state = base_meta.state_dict()
+    for name, d in reader.disk.items():
+        if name in state and tuple(state[name].shape) != d.shape and reader.stored(name) is not None:
+            where = f"{Path(src) / 'config.json'}" if Path(src).is_dir() else f"the config.json of {src}"
+            raise HfExpandError(f"{where} does not match the weights: {name} is {list(d.shape)} in the checkpoint but "
+                                f"{list(state[name].shape)} by the config; use the config saved with these weights")
+    missing = [n for n in state if not reader.has(n) and n in dict(base_meta.named_parameters(remove_duplicate=False))]
+    if missing:
+        raise HfExpandError(f"{reader.folder} does not hold {missing[0]} ({len(missing)} parameters missing), which "
+                            f"{type(base_meta).__name__} needs; re-download the model or use the config saved with it")
+
+
+def _save_generation_config(model, folder: Path) -> None:
+    """What ``save_pretrained`` writes beside the weights of a model that can generate."""
+    try:
+        if model.can_generate() and getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(folder)
+    except (AttributeError, ValueError):  # pragma: no cover - a generation config transformers refuses to save
+        pass
 
 
 def probe_vocab_limit(operations: Sequence) -> int | None:

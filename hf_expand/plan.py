@@ -170,6 +170,8 @@ class Plan:
     extra_files: dict[str, Any] = field(default_factory=dict)  # e.g. {"tokenizer": grown tokenizer}
     # False for operations that change the outputs by design (depth_upscale): the difference is recorded
     preserving: bool = True
+    # Depth operations: the grown block stack as (is_new, source block) per position (None: blocks unchanged)
+    layer_order: tuple[tuple[bool, int], ...] | None = None
 
     def render(self, verbose: bool = True) -> str:
         lines = [f"{self.op}: {self.summary}"]

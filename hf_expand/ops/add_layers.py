@@ -122,6 +122,7 @@ class AddLayers:
             steps=list(steps.values()),
             new_slices=new_slices,
             modified=modified,
+            layer_order=tuple(order),
         )
 
     @property

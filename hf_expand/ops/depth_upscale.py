@@ -108,6 +108,7 @@ class DepthUpscale:
             new_slices=new_slices,
             notes=notes,
             preserving=False,
+            layer_order=tuple(order),
         )
 
 

@@ -1,0 +1,224 @@
+"""The preservation certificate: base and grown run on the same probes, one block at a time.
+
+Each model is built on the meta device with its own stock transformers classes; a hook gives a unit (one
+block, or one module outside the block list such as the embeddings or the head) its weights, in fp32, just
+before it runs and takes them away just after. Memory is about one unit plus the activations, whatever
+the model's size, and the attention, norms and heads are transformers' own code.
+
+The certificate records, for every block of the grown model that has a counterpart in the reference (an
+identity block's counterpart is the block below it), the max |Δ| of the hidden state after it; the final
+outputs' max |Δ|; and the KL divergence of the reference's next-token (or label) distribution from the
+grown one's, over the probe positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .verify import Probes, _main_output, _mask_of, max_abs_diff
+
+
+@dataclass
+class Run:
+    """One model's outputs on the probes: main output and the hidden state after every block, per batch."""
+
+    outputs: list[torch.Tensor]
+    hidden: list[list[torch.Tensor]]  # [block][batch]
+
+
+def _block_list(model: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
+    from .architectures import _find_block_list
+
+    name = _find_block_list(model, num_layers)
+    return name, model.get_submodule(name)
+
+
+def _units(model: nn.Module, blocks_name: str) -> list[tuple[str, nn.Module]]:
+    """The modules that get their weights as one piece: every block, and every module outside the block list
+    that holds parameters but does not contain the block list (walked from the root)."""
+    out: list[tuple[str, nn.Module]] = []
+
+    def walk(prefix: str, module: nn.Module):
+        for name, child in module.named_children():
+            full = f"{prefix}{name}"
+            if full == blocks_name:
+                out.extend((f"{full}.{i}", block) for i, block in enumerate(child))
+            elif blocks_name.startswith(full + "."):
+                walk(full + ".", child)
+            elif any(True for _ in child.parameters(recurse=True)):
+                out.append((full, child))
+        if module._parameters and any(p is not None for p in module._parameters.values()):
+            out.append((prefix.rstrip("."), module))  # parameters held by an ancestor of the block list itself
+
+    walk("", model)
+    return out
+
+
+def _params_of(unit_name: str, unit: nn.Module, own_only: bool):
+    prefix = f"{unit_name}." if unit_name else ""
+    modules = [("", unit)] if own_only else list(unit.named_modules(remove_duplicate=False))
+    for mod_name, mod in modules:
+        for pname, p in mod._parameters.items():
+            if p is not None:
+                yield mod, pname, prefix + (f"{mod_name}." if mod_name else "") + pname
+
+
+class StreamedModel:
+    """A stock transformers model whose weights come from ``get(name)`` one unit at a time (see module doc)."""
+
+    def __init__(self, cls, config, get: Callable[[str], torch.Tensor], what: str = "model"):
+        from accelerate import init_empty_weights
+        from transformers.initialization import no_init_weights
+
+        with init_empty_weights(include_buffers=False), no_init_weights():
+            self.model = cls(config)
+        if hasattr(self.model, "tie_weights"):
+            self.model.tie_weights()
+        self.model.eval()
+        self.get = get
+        self.what = what
+        self.num_layers = int(config.num_hidden_layers)
+        self.blocks_name, self.blocks = _block_list(self.model, self.num_layers)
+        self.units = _units(self.model, self.blocks_name)
+        self.bar = None
+
+    @contextlib.contextmanager
+    def _hooks(self, hidden: list[list[torch.Tensor]]):
+        handles = []
+        for name, unit in self.units:
+            own_only = unit is self.model or (name and self.blocks_name.startswith(name + "."))
+            params = list(_params_of(name, unit, bool(own_only)))
+
+            def load(module, args, kwargs=None, params=params):
+                for mod, pname, full in params:
+                    mod._parameters[pname] = nn.Parameter(self.get(full).float(), requires_grad=False)
+
+            def free(module, args, output, params=params, name=name):
+                for mod, pname, full in params:
+                    mod._parameters[pname] = nn.Parameter(torch.empty(mod._parameters[pname].shape, device="meta"),
+                                                          requires_grad=False)
+                if self.bar is not None and name.startswith(self.blocks_name + "."):
+                    self.bar.update(1)
+
+            if unit is self.model:
+                load(unit, ())  # parameters of the root itself stay for the whole run
+                continue
+            handles.append(unit.register_forward_pre_hook(load))
+            handles.append(unit.register_forward_hook(free))
+        for i, block in enumerate(self.blocks):
+            def capture(module, args, output, i=i):
+                h = output[0] if isinstance(output, (tuple, list)) else output
+                hidden[i].append(h.detach().float().clone())
+            handles.append(block.register_forward_hook(capture))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    @torch.no_grad()
+    def run(self, probes: Probes, progress: bool = False) -> Run:
+        hidden: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers)]
+        outs = []
+        no_cache = {"use_cache": False} if "use_cache" in inspect.signature(self.model.forward).parameters else {}
+        self.bar = tqdm(total=self.num_layers * len(probes.batches), desc=f"verifying {self.what}", unit="block",
+                        disable=not progress, leave=False)
+        try:
+            with self._hooks(hidden):
+                for batch in probes.batches:
+                    outs.append(_main_output(self.model(**batch, **no_cache)).float())
+        finally:
+            self.bar.close()
+            self.bar = None
+        return Run(outs, hidden)
+
+
+def kl_divergence(ref: list[torch.Tensor], grown: list[torch.Tensor], probes: Probes,
+                  exclude: list[tuple[int, int]] | None = None) -> dict[str, float]:
+    """KL(reference || grown) of the softmax over the reference's outputs (the grown model's probabilities of
+    the same entries, not renormalised: mass moved to new outputs counts), mean and max over probe positions."""
+    total, worst, n = 0.0, 0.0, 0
+    for a, b, batch in zip(ref, grown, probes.batches):
+        if a.ndim < 2 or a.shape[-1] < 2:
+            return {}
+        keep = torch.ones(a.shape[-1], dtype=torch.bool)
+        for start, stop in exclude or []:
+            keep[start:stop] = False
+        p = a.double().log_softmax(-1)[..., keep]
+        q = b.double().log_softmax(-1)[..., : a.shape[-1]][..., keep]
+        kl = (p.exp() * (p - q)).sum(-1)
+        mask = _mask_of(batch, a)
+        kl = kl[mask] if mask is not None else kl.reshape(-1)
+        kl = kl[kl.isfinite()]
+        if kl.numel():
+            total, worst, n = total + float(kl.sum()), max(worst, float(kl.max())), n + kl.numel()
+    return {"kl_mean": total / n, "kl_max": worst} if n else {}
+
+
+def _hidden_diff(a: torch.Tensor, b: torch.Tensor, batch) -> float | None:
+    """Max |a - b| over non-padded positions, on the reference's hidden units (a widened hidden state's first
+    units), or None when the shapes cannot be compared."""
+    if a.shape[:-1] != b.shape[:-1] or b.shape[-1] < a.shape[-1]:
+        return None
+    d = (a.double() - b[..., : a.shape[-1]].double()).abs()
+    mask = _mask_of(batch, d)
+    if mask is not None:
+        d = d[mask]
+    return float(d.max()) if d.numel() else 0.0
+
+
+@dataclass
+class Certificate:
+    """What the streamed comparison measured (see module doc); ``blocks`` rows are JSON-ready."""
+
+    max_abs_diff: float
+    blocks: list[dict] = field(default_factory=list)  # {"block", "counterpart", "max_abs_diff"}
+    kl: dict[str, float] = field(default_factory=dict)
+
+    def first_block_over(self, tolerance: float) -> dict | None:
+        return next((b for b in self.blocks if b["max_abs_diff"] is not None
+                     and (math.isnan(b["max_abs_diff"]) or b["max_abs_diff"] > tolerance)), None)
+
+    def to_record(self) -> dict:
+        return {"final_max_abs_diff": self.max_abs_diff, "kl": self.kl, "blocks": self.blocks}
+
+
+def compare(ref: Run, grown: Run, probes: Probes, counterparts: list[int | None],
+            exclude: list[tuple[int, int]] | None = None, names=("the base model", "the grown model")) -> Certificate:
+    """The certificate of ``grown`` against ``ref`` (``counterparts[j]``: the reference block grown block j
+    reproduces). Non-finite outputs raise :class:`NonFiniteOutputs` (see :func:`verify.max_abs_diff`)."""
+    rows = []
+    for j, i in enumerate(counterparts):
+        if i is None or i >= len(ref.hidden) or not grown.hidden[j]:
+            continue
+        diffs = [_hidden_diff(a, b, batch) for a, b, batch in zip(ref.hidden[i], grown.hidden[j], probes.batches)]
+        value = None if any(d is None for d in diffs) else max(diffs, default=0.0)
+        if value is not None and any(t.isnan().any() for t in grown.hidden[j]):
+            value = float("nan")
+        rows.append({"block": j, "counterpart": i, "max_abs_diff": value})
+    diff = max_abs_diff(ref.outputs, grown.outputs, probes, exclude, names=names)
+    return Certificate(diff, rows, kl_divergence(ref.outputs, grown.outputs, probes, exclude))
+
+
+def render(cert: Certificate, tolerance: float, limit: int = 12) -> list[str]:
+    """Short lines for the CLI: the final difference, KL, and the per-block table (largest first when long)."""
+    lines = [f"final outputs: max |Δ| = {cert.max_abs_diff:.3g} (tolerance {tolerance:g})"]
+    if cert.kl:
+        lines.append(f"KL(reference || grown) on the probe positions: mean {cert.kl['kl_mean']:.3g}, "
+                     f"max {cert.kl['kl_max']:.3g}")
+    rows = [b for b in cert.blocks if b["max_abs_diff"] is not None]
+    if rows:
+        shown = rows if len(rows) <= limit else sorted(rows, key=lambda b: -b["max_abs_diff"])[:limit]
+        lines.append(f"hidden state after each block ({len(rows)} blocks with a counterpart"
+                     f"{'' if len(rows) <= limit else f'; {limit} largest shown'}):")
+        lines.extend(f"  block {b['block']:>3} (vs {b['counterpart']:>3}): max |Δ| = {b['max_abs_diff']:.3g}"
+                     for b in shown)
+    return lines

@@ -1,0 +1,200 @@
+"""Streamed growth of a safetensors checkpoint: read -> compose -> write -> verify, about one block in memory.
+
+* read: :class:`~hf_expand.checkpoint.CheckpointReader` (memory-mapped, the model's in-memory layout);
+* compose: :class:`~hf_expand.compose.Chain` (one chain of plan steps per output tensor, fp32, rounded once);
+* write: :func:`~hf_expand.shards.write_shards` (the stored layout stock ``from_pretrained`` loads: conversions
+  reverted with transformers' own code, tied tensors left out), unchanged tensors copied byte for byte;
+* verify: :mod:`~hf_expand.certificate` (base and the written folder, block by block).
+
+:func:`predict` tells a dry run the peak memory, disk space and shards from the config alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import HfExpandError
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+# Resident memory of the interpreter with torch and transformers imported, before any tensor (measured here).
+BASE_RSS = int(0.45 * GIB)
+DISK_MARGIN = 64 * 2**20  # config, tokenizer, card, record
+
+
+def meta_model(cls, config):
+    """``cls(config)`` with parameters on the meta device (buffers real: rotary tables are computed at init)."""
+    from accelerate import init_empty_weights
+    from transformers.initialization import no_init_weights
+
+    with init_empty_weights(include_buffers=False), no_init_weights():
+        model = cls(config)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model.eval()
+
+
+def tied_targets(model) -> set[str]:
+    """State-dict names save_pretrained leaves out: tied to another parameter that is saved."""
+    tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return {t for t, s in tied.items() if t in params and s in params and params[t] is params[s]}
+
+
+def out_dtype(t_dtype: torch.dtype, dtype: torch.dtype) -> torch.dtype:
+    """What ``model.to(dtype)`` makes of a tensor: floating point tensors take ``dtype``, others keep theirs."""
+    return dtype if t_dtype.is_floating_point else t_dtype
+
+
+@dataclass
+class Layout:
+    """The output as stored: tensors in write order, grouped into shards."""
+
+    tensors: list  # [shards.OutTensor]
+    shards: list  # [[shards.OutTensor]]
+    units: dict  # model tensor -> [stored names]
+    total_parameters: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+def output_layout(grown_meta, dtype: torch.dtype, max_shard_size: int) -> Layout:
+    """The stored names, dtypes and shapes of the grown model (conversions reverted on meta tensors, as
+    ``save_pretrained`` reverts them), assigned to shards."""
+    from transformers.core_model_loading import dot_natural_key, revert_weight_conversion
+
+    from .shards import OutTensor, assign_shards
+
+    skip = tied_targets(grown_meta)
+    state = grown_meta.state_dict()
+    tensors, units = [], {}
+    for name in sorted(state, key=dot_natural_key):
+        if name in skip:
+            continue
+        t = state[name]
+        stored = revert_weight_conversion(grown_meta, {name: t})
+        units[name] = list(stored)
+        tensors.extend(OutTensor(k, out_dtype(v.dtype, dtype), tuple(v.shape), name) for k, v in stored.items())
+    total = sum(p.numel() for p in grown_meta.parameters())
+    return Layout(tensors, assign_shards(tensors, max_shard_size), units, total)
+
+
+def write_grown(folder: Path, layout: Layout, chain, reader, grown_meta, dtype: torch.dtype,
+                progress: bool = False) -> list[str]:
+    """Compute and write every output tensor (see module doc); returns the files written."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    from .shards import copy_bytes, write_shards
+
+    state = grown_meta.state_dict()
+    buffers = {n for n, _ in grown_meta.named_buffers()}
+    by_name = {t.name: t for t in layout.tensors}
+
+    def produce(unit: str):
+        names = layout.units[unit]
+        base = chain.base_name(unit)
+        disk = reader.stored(base) if base is not None else None
+        if disk is not None and len(names) == 1 and by_name[names[0]].shape == disk.shape \
+                and _dtype_name(by_name[names[0]].dtype) == disk.dtype:
+            yield names[0], copy_bytes(disk.file, disk.offset, disk.nbytes)  # unchanged: bytes as stored
+            return
+        if unit in buffers and not reader.has(base or unit):
+            value = state[unit]  # a buffer the base does not store: the grown model's own (computed at init)
+            if value.device.type == "meta":
+                raise HfExpandError(f"the grown model's buffer {unit} has no value; please report this")
+        else:
+            value = chain.get(unit)
+        value = value.to(out_dtype(value.dtype, dtype))
+        stored = revert_weight_conversion(grown_meta, {unit: value})
+        for name in names:
+            yield name, stored[name].contiguous()
+
+    return write_shards(folder, layout.shards, produce, layout.total_parameters, progress)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    from .shards import _DTYPE_NAMES
+
+    return _DTYPE_NAMES[dtype]
+
+
+def check_disk(out: Path, needed: int) -> None:
+    """Refuse (one line) when the output's filesystem has less free space than ``needed`` bytes."""
+    probe = Path(out).absolute()
+    while not probe.exists():
+        probe = probe.parent
+    free = disk_free(probe)
+    if free < needed + DISK_MARGIN:
+        raise HfExpandError(f"not enough disk space for {out}: the grown model needs {_gib(needed + DISK_MARGIN)}, "
+                            f"{probe} has {_gib(free)} free; free some space or write elsewhere (--out)")
+
+
+def disk_free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def _unit_bytes_fp32(model, blocks_name: str) -> int:
+    from .certificate import _units
+
+    best = 0
+    for name, unit in _units(model, blocks_name):
+        n = sum(p.numel() for p in unit.parameters()) if unit is not model else sum(
+            p.numel() for p in unit._parameters.values() if p is not None)
+        best = max(best, n * 4)
+    return best
+
+
+def predict(base_meta, grown_meta, plans, dtype: torch.dtype, max_shard_size: int, probe_tokens: int = 48) -> dict:
+    """Peak memory, output bytes and shard count of a streamed grow, from meta models alone.
+
+    Peak memory is the interpreter (``BASE_RSS``) plus the larger of: writing (a changed tensor held in fp32
+    as its source, its result and the rounded copy, x3 of its fp32 size) and verifying (the largest unit's
+    weights in fp32, plus activations of the probes: hidden states after every block and the logits)."""
+    from .architectures import _find_block_list
+    from .compose import Chain
+
+    layout = output_layout(grown_meta, dtype, max_shard_size)
+    state = grown_meta.state_dict()
+    chain = Chain(lambda n: None, plans, 0)
+    changed = [n for n in layout.units if n in state and chain.base_name(n) is None]
+    write_peak = max((state[n].numel() * 4 * 3 for n in changed), default=0)
+    verify_peak = 0
+    for model in (base_meta, grown_meta):
+        cfg = model.config
+        blocks = _find_block_list(model, int(cfg.num_hidden_layers))
+        hidden = int(getattr(cfg, "hidden_size", 0) or 0)
+        vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+        acts = probe_tokens * 4 * (hidden * (int(cfg.num_hidden_layers) + 8) + vocab * 2)
+        verify_peak = max(verify_peak, _unit_bytes_fp32(model, blocks) * 2 + acts)
+    return {
+        "peak_memory": BASE_RSS + max(write_peak, verify_peak),
+        "disk": layout.nbytes,
+        "shards": len(layout.shards),
+        "tensors": len(layout.tensors),
+        "layout": layout,
+    }
+
+
+def render_prediction(p: dict, out: str | None) -> list[str]:
+    return [f"streamed growth: peak memory about {_gib(p['peak_memory'])}; the output needs {_gib(p['disk'])} on disk "
+            f"in {p['shards']} shard{'s' if p['shards'] != 1 else ''} ({p['tensors']} tensors)"
+            + (f" under {out}" if out else "")]
+
+
+def reference_points(plans) -> list[int]:
+    """Indices of the non-preserving plans: the model right after each is the reference from there on."""
+    return [k for k, p in enumerate(plans) if not p.preserving]
+
+

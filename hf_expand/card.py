@@ -1,5 +1,5 @@
 """The model card (README.md) of every folder hf_expand writes: lineage in the front matter, the evidence
-in the body. Built from the growth record (``hf_expand_growth.json``) and the model config only, so it
+in the body. Built from the growth record (``record.RECORD_FILE``) and the model config only, so it
 can be rebuilt at any time (``hf-expand push`` refreshes it)."""
 
 from __future__ import annotations
@@ -7,19 +7,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .grow import RECORD_FILE
-from .lineage import base_model, is_hub_id, is_repo_id, public_source
+from .lineage import is_hub_id, is_repo_id, public_source
+from .record import RECORD_FILE, parent_repo, read_record  # noqa: F401  (parent_repo, RECORD_FILE: re-exported)
+from .record import evaluation as evaluation_section
+from .record import training as training_section
 
 # architecture suffix -> (pipeline tag, the Auto class that loads it)
 HEADS = (("ForCausalLM", "text-generation", "AutoModelForCausalLM"), ("ForMaskedLM", "fill-mask", "AutoModelForMaskedLM"),
          ("ForSequenceClassification", "text-classification", "AutoModelForSequenceClassification"),
          ("ForTokenClassification", "token-classification", "AutoModelForTokenClassification"),
          ("ForQuestionAnswering", "question-answering", "AutoModelForQuestionAnswering"))
-
-
-def parent_repo(record: dict) -> str | None:
-    """The card's ``base_model`` (see ``lineage.base_model``)."""
-    return base_model(record)
 
 
 def _head(config: dict) -> tuple[str, str]:
@@ -66,11 +63,10 @@ def held_out_scores(record: dict) -> tuple[dict | None, dict]:
     """(dataset {name, type, split}, metrics) of this model on held-out data, for ``model-index``: the
     recipe's evaluation (its last model), else the end-of-training evaluation when it ran on held-out data.
     Metrics on training rows are never returned: they are not evaluation results."""
-    evaluation = record.get("evaluation") or {}
+    evaluation = evaluation_section(record) or {}
     if evaluation.get("metrics") and evaluation.get("dataset"):
         return evaluation["dataset"], list(evaluation["metrics"].values())[-1]
-    training = record.get("training") or {}
-    metrics = training.get("metrics") or {}
+    metrics = (training_section(record) or {}).get("metrics") or {}
     if metrics.get("dataset") and metrics.get("held_out") and metrics.get("trained"):
         return metrics["dataset"], metrics["trained"]
     return None, {}
@@ -82,17 +78,16 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     folder = Path(folder)
-    record_path = folder / RECORD_FILE
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = read_record(folder) or {}
     config = json.loads((folder / "config.json").read_text())
-    training = record.get("training") or {}
+    training = training_section(record) or {}
     parent = parent_repo(record)
     ops = record.get("operations") or []
     name = repo_id or name or folder.name
     tags = ["hf-expand", "model-growth", *sorted({o["op"].replace("_", "-") for o in ops})]
     data_sources = [d for d in (training.get("data_source"),) if is_repo_id(d) and is_hub_id(d)]
     task = pipeline_tag(config)
-    evaluation = record.get("evaluation") or {}
+    evaluation = evaluation_section(record) or {}
     eval_results = [EvalResult(task_type=task, dataset_type=ds["type"], dataset_name=ds["name"],
                                dataset_split=ds.get("split"), metric_type=metric, metric_name=metric,
                                metric_value=float(value))
@@ -128,7 +123,7 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
                   f"({record.get('probes') or 'random ids'}): max |difference| = {_fmt(v.get('reloaded_max_abs_diff'))} "
                   f"(tolerance {_fmt(record.get('tolerance'))}, dtype {record.get('dtype', 'float32')}).",
                   f"- New tensor slices recorded: {len(record.get('new_slices') or {})} tensors "
-                  f"(`hf_expand_growth.json`, `new_slices`).", ""]
+                  f"(`{RECORD_FILE}`, `new_slices`).", ""]
     aug = record.get("augmentation") or training.get("augmentation")
     lines += ["## Augmentation", "", f"{aug}" if aug else "No augmentation recorded.", ""]
     if training:

@@ -74,15 +74,11 @@ def _params_of(unit_name: str, unit: nn.Module, own_only: bool):
 class StreamedModel:
     """A stock transformers model whose weights come from ``get(name)`` one unit at a time (see module doc)."""
 
-    def __init__(self, cls, config, get: Callable[[str], torch.Tensor], what: str = "model"):
-        from accelerate import init_empty_weights
-        from transformers.initialization import no_init_weights
-
-        with init_empty_weights(include_buffers=False), no_init_weights():
-            self.model = cls(config)
-        if hasattr(self.model, "tie_weights"):
-            self.model.tie_weights()
-        self.model.eval()
+    def __init__(self, model, get: Callable[[str], torch.Tensor], what: str = "model"):
+        """``model``: the stock model with its parameters on the meta device (``streamed.meta_model``); its
+        parameters are put back on the meta device after each unit runs, so it can be used again."""
+        config = model.config
+        self.model = model.eval()
         self.get = get
         self.what = what
         self.num_layers = int(config.num_hidden_layers)

@@ -281,8 +281,8 @@ def grow_checkpoint(
         folder = resolve_folder(src)
         if has_safetensors(folder):
             return _grow_streamed(setup, plans, folder)
-        log.warning("%s has no safetensors weights (only pickled .bin files): growing in memory, which holds the "
-                    "whole model in fp32 about three times; convert it to safetensors to stream it", src)
+        setup.fallback = (f"{src} has no safetensors weights (only pickled .bin files): growing in memory, which holds "
+                          f"the whole model in fp32 about three times; convert it to safetensors to stream it")
     return _grow_in_memory(setup)
 
 
@@ -304,6 +304,7 @@ class GrowSetup:
     base_model: str | None
     config: Any
     max_shard_size: int
+    fallback: str = ""  # why the in-memory path is taken (said once the weights have loaded)
 
     def probes(self) -> Probes:
         tokenizer = load_probe_tokenizer(self.src, self.trust_remote_code) if self.probe_texts else None
@@ -315,6 +316,8 @@ def _grow_in_memory(setup: GrowSetup) -> GrowthReport:
     """The whole model in fp32: ``grow_model``, ``save_pretrained``, reload, compare (pickled checkpoints)."""
     src, config = setup.src, setup.config
     model = load_model(src, config, setup.trust_remote_code)
+    if setup.fallback:
+        log.warning("%s", setup.fallback)
     probes = setup.probes()
     dtype = source_dtype(config)  # the checkpoint's dtype (the model itself was loaded in fp32)
     tolerance = default_tolerance(dtype) if setup.tolerance is None else setup.tolerance
@@ -395,11 +398,12 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
     from .certificate import StreamedModel, compare
     from .checkpoint import CheckpointReader
     from .compose import Chain, layer_counterparts
-    from .streamed import check_disk, meta_model, output_layout, write_grown
+    from .streamed import bound_heap, check_disk, meta_model, output_layout, write_grown
 
+    bound_heap()
     src, config = setup.src, setup.config
     cls = auto_class_for(config)
-    base_cls = type(meta_model_for(cls, config))
+    base_cls = model_class_for(cls, config)
     dtype = source_dtype(config)
     tolerance = default_tolerance(dtype) if setup.tolerance is None else setup.tolerance
     base_meta = meta_model(base_cls, config)
@@ -412,7 +416,7 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
     check_disk(Path(setup.out), layout.nbytes)
 
     probes = setup.probes()
-    base_run = StreamedModel(base_cls, config, reader.get, "base").run(probes, setup.progress)
+    base_run = StreamedModel(base_meta, reader.get, "base").run(probes, setup.progress)
     try:  # nothing can be held to a base that computes NaN/inf
         require_finite(base_run.outputs, probes, "the base model", "base")
     except NonFiniteOutputs as exc:
@@ -426,10 +430,11 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
 
     # References: the base, then the model right after each non-preserving operation (computed on the fly).
     ref_run, ref_level, pending = base_run, 0, []
+    known = {id(config): base_meta.num_parameters(), id(grown_config): grown_meta.num_parameters()}
     for k, plan in enumerate(plans):
         before = plans[k - 1].new_config if k else config
-        op_report = OpReport(plan.op, plan.params, plan.summary, plan.config_updates,
-                             param_count(describe(before, base_cls)), param_count(describe(plan.new_config, base_cls)),
+        counts = [_param_count(c, base_cls, known) for c in (before, plan.new_config)]
+        op_report = OpReport(plan.op, plan.params, plan.summary, plan.config_updates, *counts,
                              None, list(plan.notes), preserving=plan.preserving)
         report.operations.append(op_report)
         if "tokenizer" in plan.extra_files:
@@ -439,7 +444,8 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
         report.modified = compose_slices(report.modified, plan, "modified")
         if plan.preserving:
             continue
-        run = StreamedModel(base_cls, plan.new_config, chain.getter(k + 1), f"after {plan.op}").run(probes, setup.progress)
+        run = StreamedModel(meta_model(base_cls, plan.new_config), chain.getter(k + 1),
+                            f"after {plan.op}").run(probes, setup.progress)
         try:
             diff = max_abs_diff(ref_run.outputs, run.outputs, probes, report.excluded_outputs,
                                 names=(_reference_name(report.reference), f"the model after {plan.op}"))
@@ -458,8 +464,8 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
         _save_generation_config(grown_meta, tmp)
         copied = _copy_side_files(setup, tmp, report)
         # verify: the folder as written, read back through the same stock classes, block by block
-        written = CheckpointReader(tmp, meta_model(base_cls, grown_config))
-        grown_run = StreamedModel(base_cls, grown_config, written.get, "grown").run(probes, setup.progress)
+        written = CheckpointReader(tmp, grown_meta)
+        grown_run = StreamedModel(grown_meta, written.get, "grown").run(probes, setup.progress)
         counterparts = layer_counterparts(plans[ref_level:], int(getattr(plans[ref_level - 1].new_config if ref_level else config, "num_hidden_layers")))
         try:
             cert = compare(ref_run, grown_run, probes, counterparts, report.excluded_outputs,
@@ -486,10 +492,26 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
     return report
 
 
-def meta_model_for(cls, config):
-    """The class ``cls`` (an Auto class) builds for ``config``, on the meta device (no weights)."""
-    with torch.device("meta"):
-        return cls.from_config(config)
+def model_class_for(cls, config):
+    """The model class the Auto class ``cls`` builds for ``config``."""
+    mapping = getattr(cls, "_model_mapping", None)
+    if mapping is not None and type(config) in mapping:
+        return mapping[type(config)]
+    with torch.device("meta"):  # pragma: no cover - every stock Auto class has a mapping
+        return type(cls.from_config(config))
+
+
+def _param_count(config, cls, known: dict) -> int:
+    """Parameters of ``cls(config)`` (tied counted once), from the meta models already built when possible."""
+    if id(config) in known:
+        return known[id(config)]
+    return meta_model_for_count(cls, config)
+
+
+def meta_model_for_count(cls, config) -> int:
+    from .streamed import meta_model
+
+    return meta_model(cls, config).num_parameters()
 
 
 def _check_fits(reader, base_meta, src: str) -> None:

@@ -26,7 +26,7 @@ import stat
 from pathlib import Path
 
 from .errors import HfExpandError
-from .grow import RECORD_FILE
+from .record import RECORD_FILE, TRAINING, read_record, record_text, write_record
 
 TIMEOUT_ENV = "HF_EXPAND_PUSH_TIMEOUT"
 DEFAULT_TIMEOUT = 60.0
@@ -239,7 +239,7 @@ def check_complete(folder: str | Path, files: list[tuple[str, Path]], record: di
     """Refuse (``HfExpandError`` naming the file and the fix) a folder whose training or final save did not
     finish. ``files``: what would be uploaded (``upload_files``)."""
     folder = Path(folder)
-    if (folder / TRAIN_ARGS_FILE).is_file() and not (isinstance(record, dict) and "training" in record):
+    if (folder / TRAIN_ARGS_FILE).is_file() and TRAINING not in (record or {}):
         raise HfExpandError(f"training in {folder} did not finish ({TRAIN_ARGS_FILE} is there but {RECORD_FILE} has no "
                             f"training section); rerun the same train command with --resume, then push")
     if not isinstance(_read_json(folder / "config.json", _RESAVE), dict):
@@ -292,8 +292,7 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     problem = checks.repo_id(repo_id)
     if problem:
         raise HfExpandError(problem)
-    record_path = folder / RECORD_FILE
-    record = _read_json(record_path, _RESAVE) if record_path.is_file() else None
+    record = read_record(folder, fix_hint=_RESAVE)
     files = upload_files(folder, include_dotfiles=include_dotfiles)
     check_complete(folder, files, record)
     with _hub_timeout(seconds):
@@ -308,9 +307,8 @@ def _push(folder: Path, repo_id: str, files: list[tuple[str, Path]], record: dic
 
     from .card import build_card
 
-    record_path = folder / RECORD_FILE
     card = str(build_card(folder, repo_id))  # may read the base model's card from the Hub: under the timeout too
-    new_record = json.dumps({**record, "pushed_to": repo_id}, indent=2, default=str) + "\n" if record is not None else None
+    new_record = {**record, "pushed_to": repo_id} if record is not None else None
     token = token or get_token()  # --token, else HF_TOKEN, else the stored login
     api = HfApi(token=token)
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # we report "nothing changed" ourselves
@@ -324,7 +322,7 @@ def _push(folder: Path, repo_id: str, files: list[tuple[str, Path]], record: dic
         # rewritten only after the commit succeeded.
         ops = [CommitOperationAdd("README.md", card.encode())]
         if record is not None:
-            ops.append(CommitOperationAdd(RECORD_FILE, new_record.encode()))
+            ops.append(CommitOperationAdd(RECORD_FILE, record_text(new_record).encode()))
         ops += [CommitOperationAdd(rel, str(path)) for rel, path in files]
         info = api.create_commit(repo_id, ops, commit_message=commit_message or f"Upload {repo_id} with hf-expand",
                                  revision=revision, create_pr=create_pr)
@@ -344,7 +342,7 @@ def _push(folder: Path, repo_id: str, files: list[tuple[str, Path]], record: dic
                             f"and run the same command again") from None
     (folder / "README.md").write_text(card)
     if new_record is not None:
-        record_path.write_text(new_record)
+        write_record(folder, new_record)
     if getattr(info, "oid", None) == head and not create_pr:
         return f"nothing changed since {head[:12]}; no new commit"
     return getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or str(info)

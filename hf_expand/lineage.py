@@ -134,12 +134,10 @@ def local_source(folder: str | Path, record: dict | None = None) -> str | None:
 
 
 def base_model(record: dict) -> str | None:
-    """The card's ``base_model``: the repo the parent was pushed to, else the lineage the user gave, else a
-    Hub id source. None when nothing is known (a local source without ``--base-model``)."""
-    for value in (record.get("parent_repo"), record.get("base_model"), record.get("source")):
-        if value and is_repo_id(value) and is_hub_id(value):
-            return value
-    return None
+    """The card's ``base_model`` (moved to ``record.parent_repo``; kept for importers)."""
+    from .record import parent_repo
+
+    return parent_repo(record)
 
 
 def no_lineage_hint(source: str, flag: str = "--base-model ORG/NAME") -> str:

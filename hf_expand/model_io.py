@@ -87,17 +87,15 @@ def _config_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-RECORD_NAME = "hf_expand_growth.json"  # = grow.RECORD_FILE (grow imports this module)
+from .record import RECORD_FILE as RECORD_NAME  # noqa: E402,F401  (the old name, kept for importers)
 
 
 def _check_record(folder: Path) -> None:
-    """A growth record beside the weights must be a JSON object: growing or training a grown folder reads it."""
-    from .jsonfile import read_object
+    """A growth record beside the weights must be a JSON object this hf-expand can read (``record.read_record``:
+    one line when it is damaged or newer): growing or training a grown folder reads it."""
+    from .record import read_record
 
-    record = folder / RECORD_NAME
-    if record.is_file():
-        read_object(record, "restore it (from a backup, or from the repo the model was pushed to), or delete it to "
-                            "use the folder as a plain model without its growth record")
+    read_record(folder)
 
 
 def load_config(src: str, trust_remote_code: bool = False):

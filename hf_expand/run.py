@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 from .errors import HfExpandError
-from .grow import RECORD_FILE
 from .lineage import public_source
+from .record import EVALUATION, read_record, write_record
 from .signature import path_signature
 
 log = logging.getLogger("hf_expand")
@@ -331,8 +331,7 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
         evaluation = json.loads((r.stage("evaluate", key, out / "evaluation", do_evaluate) / "metrics.json").read_text())
 
     _finish_model(Path(model), out, recipe, evaluation)
-    record_path = Path(model) / RECORD_FILE
-    result = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    result = read_record(model) or {}
     if recipe.get("push"):
         from .hub import push_folder
 
@@ -421,20 +420,21 @@ def _finish_model(model: Path, out: Path, recipe: dict, evaluation: dict | None)
     when that model is this run's output (a user's own folder is never written to)."""
     from .card import write_card
 
-    record_path = model / RECORD_FILE
-    if not record_path.is_file() or model.resolve() not in {(out / s).resolve() for s in ("grown", "trained")}:
+    if model.resolve() not in {(out / s).resolve() for s in ("grown", "trained")}:
+        return
+    record = read_record(model)
+    if record is None:
         return
     text = yaml.safe_dump(public_recipe(recipe), sort_keys=False)
-    record = json.loads(record_path.read_text())
     recipe_path = model / "recipe.yaml"
-    if record.get("evaluation") == evaluation and recipe_path.is_file() and recipe_path.read_text() == text:
+    if record.get(EVALUATION) == evaluation and recipe_path.is_file() and recipe_path.read_text() == text:
         return
     recipe_path.write_text(text)
     if evaluation is None:
-        record.pop("evaluation", None)
+        record.pop(EVALUATION, None)
     else:
-        record["evaluation"] = evaluation
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+        record[EVALUATION] = evaluation
+    write_record(model, record)
     write_card(model)
 
 

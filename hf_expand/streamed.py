@@ -28,6 +28,26 @@ BASE_RSS = int(0.45 * GIB)
 DISK_MARGIN = 64 * 2**20  # config, tokenizer, card, record
 
 
+def bound_heap() -> None:
+    """Give freed tensor memory back to the system at once (glibc).
+
+    glibc raises its mmap threshold after large frees, up to 32 MiB, so the block-sized tensors that streaming
+    allocates and frees over and over land in the heap, which fragments and keeps growing (measured: 1.9 GB
+    resident for a 1.1B model instead of 0.55 GB). A fixed threshold of 64 KiB serves every tensor buffer from
+    its own mapping, which is returned to the system when the tensor is freed."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "mallopt"):
+            libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (fixed: turns off the dynamic threshold)
+            libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    except OSError:  # pragma: no cover - not glibc: nothing to tune
+        pass
+
+
 def meta_model(cls, config):
     """``cls(config)`` with parameters on the meta device (buffers real: rotary tables are computed at init)."""
     from accelerate import init_empty_weights

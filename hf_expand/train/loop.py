@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 from ..errors import HfExpandError, NonFiniteOutputs
+from ..record import EVALUATION, RECORD_FILE, TRAINING, inherit_lineage, record_path, write_record
+from ..record import read_record as _read_record
 from . import runfolder as RF
 from .runfolder import ARGS_FILE, CHECKPOINTS, FINAL_PARTIAL, LOCK_FILE  # noqa: F401  (re-exported)
 
@@ -239,7 +241,7 @@ def _prepare_out(a: TrainArgs, resume: bool, overwrite: bool) -> RunTarget:
         if main:
             RF.check_not_in_use(out)
         if not overwrite:
-            if (out / ARGS_FILE).is_file() and not RF.finished(out, _record_file()):
+            if (out / ARGS_FILE).is_file() and not RF.finished(out, RECORD_FILE):
                 raise HfExpandError(f"output folder {out} holds an unfinished training run ({_unfinished_line(out)}, no "
                                     f"final model); pass --resume to finish it, --overwrite to replace it, or choose "
                                     f"another --out")
@@ -249,12 +251,6 @@ def _prepare_out(a: TrainArgs, resume: bool, overwrite: bool) -> RunTarget:
         return RunTarget(out, staging, replace=True)  # the old out stays until the new model is committed
     check_output_dir(out, False)  # a link at out, a parent that is a file or not writable
     return RunTarget(out, out)
-
-
-def _record_file() -> str:
-    from ..grow import RECORD_FILE
-
-    return RECORD_FILE
 
 
 def _create_run_dir(t: RunTarget, identity: dict) -> None:
@@ -301,12 +297,7 @@ def _on_main(accelerator, fn):
 
 def read_record(model: str) -> dict | None:
     """The growth record beside ``model`` (None when there is none); a damaged one is one line naming it."""
-    from ..grow import RECORD_FILE
-
-    from ..jsonfile import read_object
-
-    path = Path(model) / RECORD_FILE
-    return read_object(path, "restore it, or grow the model again") if path.is_file() else None
+    return _read_record(model, fix_hint="restore it, or grow the model again")
 
 def load_for_training(a: TrainArgs, num_labels=None):
     """(model, tokenizer, growth record or None, task, names of freshly created head parameters)."""
@@ -373,7 +364,7 @@ def interrupted_line(t: RunTarget) -> str:
     run = t.run_dir
     if not (run / ARGS_FILE).is_file():
         return "interrupted before anything was written"
-    if RF.finished(run, _record_file()) and not t.replace:
+    if RF.finished(run, RECORD_FILE) and not t.replace:
         return f"interrupted; the trained model in {t.out} is complete"
     state = _unfinished_line(run)
     if t.replace:
@@ -707,7 +698,7 @@ def _commit_final(run_dir: Path, write) -> None:
     """``write(tmp)`` fills ``<run_dir>/.final.partial``; its entries are then renamed into ``run_dir``, the
     growth record last: a folder without that record (``runfolder.finished``) is an unfinished run, whatever
     else it holds. A failed or interrupted save leaves the run folder unfinished, never half-committed."""
-    record_file = _record_file()
+    record_file = RECORD_FILE
     tmp = run_dir / FINAL_PARTIAL
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -850,27 +841,26 @@ def format_metrics(metrics: dict) -> str:
 def _write_final(model, tokenizer, record, section, out: Path, a: TrainArgs, name: str) -> None:
     """The trained model, tokenizer, record, local sidecar and card, into ``out`` (``_commit_final``'s
     temporary folder; ``name``: the run folder's final name, for the card)."""
-    from ..grow import RECORD_FILE
-
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     from ..card import write_card
 
     from ..lineage import is_hub_id, is_repo_id, local_source, public_source, write_local
 
-    record = dict(record or {"source": public_source(a.model),
+    parent = record
+    record = dict(parent or {"source": public_source(a.model),
                              "base_model": a.model if is_repo_id(a.model) and is_hub_id(a.model) else None})
+    record.pop("pushed_to", None)  # this folder has not been pushed; the parent's repo is its parent_repo
+    record.update(inherit_lineage(parent))
     if a.base_model:
         record["base_model"] = a.base_model
     record["trained_from"] = public_source(a.model)
-    if not record.get("base_model") and not record.get("parent_repo") and not (Path(a.model) / RECORD_FILE).is_file():
+    if not record.get("base_model") and not record.get("parent_repo") and not record_path(a.model).is_file():
         from ..lineage import no_lineage_hint
 
         log.warning(no_lineage_hint(a.model))  # (a grown folder: grow already said so)
-    if record.get("pushed_to"):  # the parent folder was pushed: that repo is this model's direct parent
-        record["parent_repo"] = record.pop("pushed_to")
-    record["training"] = section
-    record.pop("evaluation", None)  # a recipe's evaluation of the parent is about other models
-    (out / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    record[TRAINING] = section
+    record.pop(EVALUATION, None)  # a recipe's evaluation of the parent is about other models
+    write_record(out, record)
     write_local(out, source=local_source(a.model, record), trained_from=a.model)
     write_card(out, name=name)

@@ -23,6 +23,7 @@ import dataclasses
 import torch
 
 from ..errors import HfExpandError
+from ..record import RECORD_FILE
 
 POLICIES = ("new", "all", "lora")
 
@@ -78,7 +79,7 @@ def plan_trainable(model, record: dict | None, policy: str, head_names: tuple[st
     if policy == "all":
         return TrainablePlan(policy, {n: "full" for n in names}, {})
     if record is None or "new_slices" not in record:
-        raise HfExpandError(f"--trainable {policy} needs the growth record (hf_expand_growth.json) of a model grown by "
+        raise HfExpandError(f"--trainable {policy} needs the growth record ({RECORD_FILE}) of a model grown by "
                             f"hf-expand; this model has none: use --trainable all")
     found = _record_lookup(model, record["new_slices"])
     params = dict(model.named_parameters())

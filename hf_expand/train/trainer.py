@@ -11,22 +11,17 @@ It freezes entirely-old tensors, installs the gradient masks on partly-new ones 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ..record import read_record
 from .policy import apply_masks, build_optimizer, plan_trainable
 
 
 def policy_optimizer(model, grown: str | Path | dict | None, policy: str = "new", lr: float = 1e-4,
                      weight_decay: float = 0.0, new_lr: float | None = None, head_names: tuple[str, ...] = ()):
-    """``grown``: the grown model's folder (its ``hf_expand_growth.json``), the record itself, or None for
-    ``policy="all"``."""
-    from ..grow import RECORD_FILE
-
-    record = grown
-    if isinstance(grown, (str, Path)):
-        path = Path(grown) / RECORD_FILE
-        record = json.loads(path.read_text()) if path.is_file() else None
+    """``grown``: the grown model's folder (its growth record, ``record.RECORD_FILE``), the record itself, or
+    None for ``policy="all"``."""
+    record = read_record(grown) if isinstance(grown, (str, Path)) else grown
     plan = plan_trainable(model, record, policy, head_names)
     apply_masks(model, plan)
     return build_optimizer(model, plan, lr, weight_decay, new_lr)

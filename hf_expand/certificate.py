@@ -80,6 +80,8 @@ class StreamedModel:
         config = model.config
         self.model = model.eval()
         self.get = get
+        # fp32 buffers reused by every block (same shapes): no page faults and no heap growth per block
+        self.pool: dict = {}
         self.what = what
         self.num_layers = int(config.num_hidden_layers)
         self.blocks_name, self.blocks = _block_list(self.model, self.num_layers)
@@ -89,20 +91,35 @@ class StreamedModel:
     @contextlib.contextmanager
     def _hooks(self, hidden: list[list[torch.Tensor]]):
         handles = []
+        last_block = f"{self.blocks_name}.{self.num_layers - 1}"
         for name, unit in self.units:
             own_only = unit is self.model or (name and self.blocks_name.startswith(name + "."))
             params = list(_params_of(name, unit, bool(own_only)))
 
-            def load(module, args, kwargs=None, params=params):
+            in_block = name.startswith(self.blocks_name + ".")
+
+            def load(module, args, kwargs=None, params=params, in_block=in_block, prefix=len(name) + 1):
                 for mod, pname, full in params:
-                    mod._parameters[pname] = nn.Parameter(self.get(full).float(), requires_grad=False)
+                    stored = self.get(full)
+                    if not in_block:  # embeddings, head: used once per batch, not worth keeping
+                        value = stored.float()
+                    else:  # blocks: one fp32 buffer per block-relative name, filled again by every block
+                        key = (full[prefix:], tuple(stored.shape))
+                        value = self.pool.get(key)
+                        if value is None:
+                            value = self.pool[key] = torch.empty(stored.shape, dtype=torch.float32)
+                        value.copy_(stored)
+                    mod._parameters[pname] = nn.Parameter(value, requires_grad=False)
 
             def free(module, args, output, params=params, name=name):
                 for mod, pname, full in params:
                     mod._parameters[pname] = nn.Parameter(torch.empty(mod._parameters[pname].shape, device="meta"),
                                                           requires_grad=False)
-                if self.bar is not None and name.startswith(self.blocks_name + "."):
-                    self.bar.update(1)
+                if name.startswith(self.blocks_name + "."):
+                    if self.bar is not None:
+                        self.bar.update(1)
+                    if name == last_block:
+                        self.pool.clear()  # the head comes next: its fp32 copy need not sit beside the pool
 
             if unit is self.model:
                 load(unit, ())  # parameters of the root itself stay for the whole run

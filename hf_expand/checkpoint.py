@@ -197,8 +197,9 @@ class CheckpointReader:
         if group.converter is None:
             (key, _), = group.keys
             return self._files.get(self.disk[key], key)
-        if self._cache is not None and name in self._cache[1]:
-            return self._cache[1][name]
+        cache = self._cache  # one read: another thread may replace it
+        if cache is not None and name in cache[1]:
+            return cache[1][name]
         conv = deepcopy(group.converter)
         for key, pattern in group.keys:
             conv.add_tensor(name, key, pattern, self._loader(key))

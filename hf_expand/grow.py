@@ -416,19 +416,65 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
     check_disk(Path(setup.out), layout.nbytes)
 
     probes = setup.probes()
-    base_run = StreamedModel(base_meta, reader.get, "base").run(probes, setup.progress)
-    try:  # nothing can be held to a base that computes NaN/inf
-        require_finite(base_run.outputs, probes, "the base model", "base")
-    except NonFiniteOutputs as exc:
-        raise NonFiniteOutputs(f"{exc}: growth cannot be verified against it; nothing was written", exc.where) from None
     chain = Chain(reader.get, plans, setup.seed)
     report = GrowthReport([], setup.seed, tolerance, probes.description)
+    with atomic_output_dir(setup.out, setup.overwrite, src) as tmp:
+        # write (in a thread: it is disk-bound) while the base runs (compute-bound)
+        with Background(lambda cancelled: write_grown(tmp, layout, chain, reader, grown_meta, dtype, setup.progress,
+                                                      cancelled)) as writing:
+            base_run = StreamedModel(base_meta, reader.get, "base").run(probes, setup.progress)
+            try:  # nothing can be held to a base that computes NaN/inf
+                require_finite(base_run.outputs, probes, "the base model", "base")
+            except NonFiniteOutputs as exc:
+                raise NonFiniteOutputs(f"{exc}: growth cannot be verified against it; nothing was written",
+                                       exc.where) from None
+            ref_run, ref_level, pending = _references(setup, plans, config, grown_config, base_cls, base_meta,
+                                                      grown_meta, chain, probes, base_run, report)
+            writing.wait()
+        grown_config.save_pretrained(tmp)
+        _save_generation_config(grown_meta, tmp)
+        copied = _copy_side_files(setup, tmp, report)
+        # verify: the folder as written, read back through the same stock classes, block by block
+        written = CheckpointReader(tmp, grown_meta)
+        grown_run = StreamedModel(grown_meta, written.get, "grown").run(probes, setup.progress)
+        ref_config = plans[ref_level - 1].new_config if ref_level else config
+        counterparts = layer_counterparts(plans[ref_level:], int(ref_config.num_hidden_layers))
+        try:
+            cert = compare(ref_run, grown_run, probes, counterparts, report.excluded_outputs,
+                           names=(_reference_name(report.reference), "the saved model"))
+        except NonFiniteOutputs as exc:
+            raise NonFiniteOutputs(f"{exc}; nothing was written ({NEVER_PRESERVED})", exc.where) from None
+        report.reloaded_max_abs_diff = cert.max_abs_diff
+        report.certificate = cert.to_record()
+        for o in pending:
+            o.max_abs_diff = cert.max_abs_diff
+        for plan, o in zip(plans, report.operations):
+            if plan.new_outputs is not None:
+                o.measures = new_output_measures(ref_run.outputs, grown_run.outputs, probes, plan.new_outputs)
+                o.notes.append(
+                    f"new outputs take {o.measures['new_probability_mass']:.3%} of the probability mass on the probe "
+                    f"inputs; predictions changed at {o.measures['predictions_changed']} of {o.measures['positions']} positions")
+        for o in report.operations:
+            if o.preserving:
+                log.info("%s: %s", o.op, o.summary)
+            for note in o.notes:
+                log.info("  %s", note)
+        _check_final(report, setup.accept_difference, cert)
+        _write_record(setup, tmp, report, cls.__name__, dtype, copied, streamed=True)
+    return report
+
+
+def _references(setup, plans, config, grown_config, base_cls, base_meta, grown_meta, chain, probes, base_run, report):
+    """Operation reports, slice records, and the reference the grown model is held to: the base, or the model
+    right after the last non-preserving operation (computed on the fly from the composed chain). Returns
+    ``(reference run, its plan level, the operation reports still waiting for a measured difference)``."""
+    from .certificate import StreamedModel
+    from .streamed import meta_model
+
     n_out = base_run.outputs[0].shape[-1]
     for plan in plans:
         if plan.new_outputs is not None and plan.new_outputs[0] < n_out:
             report.excluded_outputs.append(plan.new_outputs)  # old (unused) columns given a new meaning
-
-    # References: the base, then the model right after each non-preserving operation (computed on the fly).
     ref_run, ref_level, pending = base_run, 0, []
     known = {id(config): base_meta.num_parameters(), id(grown_config): grown_meta.num_parameters()}
     for k, plan in enumerate(plans):
@@ -457,39 +503,40 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
         log.info("%s: %s; max |before - after| = %.3g (recorded: not function-preserving)", plan.op, plan.summary, diff)
         ref_run, ref_level, report.reference = run, k + 1, f"the model right after {plan.op}"
     report.modified = {k: v for k, v in report.modified.items() if report.new_slices.get(k) != [WHOLE]}
+    return ref_run, ref_level, pending
 
-    with atomic_output_dir(setup.out, setup.overwrite, src) as tmp:
-        write_grown(tmp, layout, chain, reader, grown_meta, dtype, setup.progress)  # write
-        grown_config.save_pretrained(tmp)
-        _save_generation_config(grown_meta, tmp)
-        copied = _copy_side_files(setup, tmp, report)
-        # verify: the folder as written, read back through the same stock classes, block by block
-        written = CheckpointReader(tmp, grown_meta)
-        grown_run = StreamedModel(grown_meta, written.get, "grown").run(probes, setup.progress)
-        counterparts = layer_counterparts(plans[ref_level:], int(getattr(plans[ref_level - 1].new_config if ref_level else config, "num_hidden_layers")))
+
+class Background:
+    """Run ``work(cancelled)`` in a thread; ``wait()`` joins it and re-raises its error. Leaving the block early
+    (an error in the main thread) cancels it: ``cancelled()`` turns true and the work stops at its next tensor."""
+
+    def __init__(self, work):
+        import threading
+
+        self._cancel = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+
+    def _run(self, work):
         try:
-            cert = compare(ref_run, grown_run, probes, counterparts, report.excluded_outputs,
-                           names=(_reference_name(report.reference), "the saved model"))
-        except NonFiniteOutputs as exc:
-            raise NonFiniteOutputs(f"{exc}; nothing was written ({NEVER_PRESERVED})", exc.where) from None
-        report.reloaded_max_abs_diff = cert.max_abs_diff
-        report.certificate = cert.to_record()
-        for o in pending:
-            o.max_abs_diff = cert.max_abs_diff
-        for plan, o in zip(plans, report.operations):
-            if plan.new_outputs is not None:
-                o.measures = new_output_measures(ref_run.outputs, grown_run.outputs, probes, plan.new_outputs)
-                o.notes.append(
-                    f"new outputs take {o.measures['new_probability_mass']:.3%} of the probability mass on the probe "
-                    f"inputs; predictions changed at {o.measures['predictions_changed']} of {o.measures['positions']} positions")
-        for o in report.operations:
-            if o.preserving:
-                log.info("%s: %s", o.op, o.summary)
-            for note in o.notes:
-                log.info("  %s", note)
-        _check_final(report, setup.accept_difference, cert)
-        _write_record(setup, tmp, report, cls.__name__, dtype, copied, streamed=True)
-    return report
+            work(self._cancel.is_set)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by wait()
+            self._error = exc
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def wait(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._cancel.set()
+            self._thread.join()
+        return False
 
 
 def model_class_for(cls, config):

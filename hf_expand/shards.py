@@ -140,11 +140,26 @@ def write_shards(folder: Path, shards: list[list[OutTensor]],
 
 
 def copy_bytes(path: Path, offset: int, nbytes: int, chunk: int = 64 << 20) -> Callable:
-    """A writer that copies ``nbytes`` at ``offset`` of ``path`` (a stored tensor, unchanged) into a file."""
+    """A writer that copies ``nbytes`` at ``offset`` of ``path`` (a stored tensor, unchanged) into a file: in the
+    kernel (``copy_file_range``: no user-space copy, a reflink on filesystems that share extents) when it can,
+    by reading and writing otherwise."""
+    import os
+
     def write(f):
         with open(path, "rb") as src:
-            src.seek(offset)
-            left = nbytes
+            left, pos = nbytes, offset
+            if hasattr(os, "copy_file_range"):
+                f.flush()
+                try:
+                    while left:
+                        n = os.copy_file_range(src.fileno(), f.fileno(), left, pos)
+                        if n == 0:
+                            break
+                        left, pos = left - n, pos + n
+                except OSError:  # another filesystem or kernel without support: copy by hand below
+                    pass
+                f.seek(0, os.SEEK_END)
+            src.seek(pos)
             while left:
                 data = src.read(min(chunk, left))
                 if not data:

@@ -60,6 +60,19 @@ def meta_model(cls, config):
     return model.eval()
 
 
+def reverter(model):
+    """``revert_weight_conversion`` for ``model`` (what save_pretrained applies: the model's conversions reversed,
+    without legacy renamings or prefix changes), with the conversion list looked up once instead of per call."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import PrefixChange, revert_weight_conversion
+
+    conversions = [c for c in get_model_conversion_mapping(model, add_legacy=False) if not isinstance(c, PrefixChange)]
+    if not conversions:
+        return lambda state: state
+    model._weight_conversions = conversions
+    return lambda state: revert_weight_conversion(model, state)
+
+
 def tied_targets(model) -> set[str]:
     """State-dict names save_pretrained leaves out: tied to another parameter that is saved."""
     tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
@@ -89,10 +102,11 @@ class Layout:
 def output_layout(grown_meta, dtype: torch.dtype, max_shard_size: int) -> Layout:
     """The stored names, dtypes and shapes of the grown model (conversions reverted on meta tensors, as
     ``save_pretrained`` reverts them), assigned to shards."""
-    from transformers.core_model_loading import dot_natural_key, revert_weight_conversion
+    from transformers.core_model_loading import dot_natural_key
 
     from .shards import OutTensor, assign_shards
 
+    revert = reverter(grown_meta)
     skip = tied_targets(grown_meta)
     state = grown_meta.state_dict()
     tensors, units = [], {}
@@ -100,7 +114,7 @@ def output_layout(grown_meta, dtype: torch.dtype, max_shard_size: int) -> Layout
         if name in skip:
             continue
         t = state[name]
-        stored = revert_weight_conversion(grown_meta, {name: t})
+        stored = revert({name: t})
         units[name] = list(stored)
         tensors.extend(OutTensor(k, out_dtype(v.dtype, dtype), tuple(v.shape), name) for k, v in stored.items())
     total = sum(p.numel() for p in grown_meta.parameters())
@@ -108,17 +122,18 @@ def output_layout(grown_meta, dtype: torch.dtype, max_shard_size: int) -> Layout
 
 
 def write_grown(folder: Path, layout: Layout, chain, reader, grown_meta, dtype: torch.dtype,
-                progress: bool = False) -> list[str]:
+                progress: bool = False, cancelled=lambda: False) -> list[str]:
     """Compute and write every output tensor (see module doc); returns the files written."""
-    from transformers.core_model_loading import revert_weight_conversion
-
     from .shards import copy_bytes, write_shards
 
+    revert = reverter(grown_meta)
     state = grown_meta.state_dict()
     buffers = {n for n, _ in grown_meta.named_buffers()}
     by_name = {t.name: t for t in layout.tensors}
 
     def produce(unit: str):
+        if cancelled():
+            raise HfExpandError("writing was cancelled")
         names = layout.units[unit]
         base = chain.base_name(unit)
         disk = reader.stored(base) if base is not None else None
@@ -133,7 +148,7 @@ def write_grown(folder: Path, layout: Layout, chain, reader, grown_meta, dtype: 
         else:
             value = chain.get(unit)
         value = value.to(out_dtype(value.dtype, dtype))
-        stored = revert_weight_conversion(grown_meta, {unit: value})
+        stored = revert({unit: value})
         for name in names:
             yield name, stored[name].contiguous()
 

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import HfExpandError, PreservationError
@@ -109,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tolerance", type=float, help="max allowed |base - grown| on probe inputs (default by dtype: fp32 1e-4, fp16 1e-2, bf16 5e-2)")
     g.add_argument("--probe-text", action="append", default=[], metavar="TEXT", help="extra probe text (repeatable)")
     g.add_argument("--accept-difference", action="store_true", help="write the model even if outputs moved beyond --tolerance")
-    g.add_argument("--dry-run", action="store_true", help="print the plan; read no weights, write nothing")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the plan and what streaming will need (peak memory, disk space, shards); read no "
+                        "weights, write nothing")
+    g.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                   help="largest safetensors shard written, e.g. 5GB (default), 500MB, 2GiB; a tensor bigger than "
+                        "SIZE gets a shard of its own")
     g.add_argument("--overwrite", action="store_true", help="replace an --out folder hf-expand wrote (or an empty one); any other folder is refused")
     g.add_argument("--push-to", metavar="REPO", help="push the grown model to this Hub repo when done")
     _push_flags(g)
@@ -217,10 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default=None, help="NLTK data folder (default $HF_EXPAND_NLTK_DATA or ~/.cache/hf_expand/nltk_data)")
     s.add_argument("--overwrite", action="store_true", help="replace a corpora/wordnet folder hf-expand did not write")
 
-    v = sub.add_parser("verify", parents=[common], help="compare the outputs of two models (folders or Hub ids) on probe inputs")
+    v = sub.add_parser("verify", parents=[common],
+                       help="compare two models (folders or Hub ids) on probe inputs, block by block (streamed)",
+                       description="Run both models on the same probes one block at a time (about one block in "
+                                   "memory, any size) and print the certificate: the final outputs' max |Δ|, the KL "
+                                   "of the next-token distributions, and the hidden state's max |Δ| after every "
+                                   "block that has a counterpart in the base (from the grown folder's growth record; "
+                                   "by index when the depths agree). Exit 1 when the outputs differ beyond "
+                                   "--tolerance, naming the first block that differs.")
     v.add_argument("base")
     v.add_argument("grown")
-    v.add_argument("--tolerance", type=float, default=1e-4)
+    v.add_argument("--tolerance", type=float, default=1e-4, help="max allowed |base - grown| of the final outputs (default 1e-4)")
     v.add_argument("--probe-text", action="append", default=[], metavar="TEXT")
     v.add_argument("--seed", type=int, default=0)
     return parser
@@ -317,7 +330,10 @@ def cmd_grow(args) -> int:
     if args.dry_run:
         config = load_config(args.src, args.trust_remote_code)
         ops = with_tokenizer(ops, args.src, args.trust_remote_code)
-        print(render_plans(config, plan_growth(config, ops)))
+        plans = plan_growth(config, ops)
+        print(render_plans(config, plans))
+        for line in _prediction_lines(config, plans, args):
+            print(line)
         return 0
     if not args.out:
         raise HfExpandError("--out DIR is required (or use --dry-run)")
@@ -326,7 +342,7 @@ def cmd_grow(args) -> int:
         args.src, args.out, ops, seed=args.seed, tolerance=args.tolerance, probe_texts=args.probe_text,
         accept_difference=args.accept_difference, overwrite=args.overwrite,
         trust_remote_code=args.trust_remote_code, command=_recorded_command(),
-        progress=not args.quiet, base_model=args.base_model,
+        progress=not args.quiet, base_model=args.base_model, max_shard_size=args.max_shard_size,
     )
     for o in report.operations:
         print(f"{o.op}: {o.summary}; params {o.params_before:,} -> {o.params_after:,}; max|diff| {o.max_abs_diff:.3g}"
@@ -340,11 +356,55 @@ def cmd_grow(args) -> int:
     return 0
 
 
+def _prediction_lines(config, plans, args) -> list[str]:
+    """What a streamed grow of ``config`` will need (from meta models: no weights read), and whether ``--out``'s
+    filesystem has the room."""
+    from .grow import model_class_for
+    from .model_io import auto_class_for, source_dtype
+    from .shards import parse_size
+    from .streamed import check_disk, meta_model, predict, render_prediction
+
+    limit = parse_size(args.max_shard_size)
+    cls = model_class_for(auto_class_for(config), config)
+    dtype = source_dtype(config)
+    grown_config = plans[-1].new_config if plans else config
+    p = predict(meta_model(cls, config), meta_model(cls, grown_config), plans, dtype, limit)
+    lines = render_prediction(p, args.out)
+    if args.out:
+        try:
+            check_disk(Path(args.out), p["disk"])
+        except HfExpandError as exc:
+            lines.append(f"warning: {exc}")
+    return lines
+
+
 def cmd_verify(args) -> int:
+    from .certificate import render
+    from .verify_stream import all_safetensors, default_probes, streamed_certificate
+
+    _check_common(args)
+    if not all_safetensors(args.base, args.grown):
+        return _verify_in_memory(args)
+    cert, _ = streamed_certificate(args.base, args.grown, default_probes(args.seed, args.probe_text, args.base),
+                                   progress=not args.quiet)
+    for line in render(cert, args.tolerance):
+        print(line)
+    ok = cert.max_abs_diff <= args.tolerance
+    print(f"max |base - grown| = {cert.max_abs_diff:.3g} ({'within' if ok else 'ABOVE'} tolerance {args.tolerance:g})")
+    if ok:
+        return 0
+    block = cert.first_block_over(args.tolerance)
+    where = (f"block {block['block']} is the first that differs (max |Δ| {block['max_abs_diff']:.3g} after it, vs base "
+             f"block {block['counterpart']})" if block else "no block's hidden state differs beyond it: the head does")
+    print(f"hf-expand: error: {args.grown} does not preserve {args.base}: {where}", file=sys.stderr)
+    return 1
+
+
+def _verify_in_memory(args) -> int:
+    """Checkpoints with pickled weights only: both models in memory."""
     from .model_io import load_model, load_probe_tokenizer
     from .verify import make_probes, max_abs_diff, outputs
 
-    _check_common(args)
     tokenizer = load_probe_tokenizer(args.base) if args.probe_text else None
     base, grown = load_model(args.base), load_model(args.grown)
     probes = make_probes(base.config, tokenizer, args.probe_text, seed=args.seed)

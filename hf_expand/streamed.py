@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 GIB = 2**30
 # Resident memory of the interpreter with torch and transformers imported, before any tensor (measured here).
-BASE_RSS = int(0.45 * GIB)
+BASE_RSS = int(0.3 * GIB)
 DISK_MARGIN = 64 * 2**20  # config, tokenizer, card, record
 
 
@@ -180,23 +180,32 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
 
 
-def _unit_bytes_fp32(model, blocks_name: str) -> int:
+def _unit_sizes(model, blocks_name: str) -> tuple[int, int]:
+    """(largest block, largest other unit) in parameters, as :class:`certificate.StreamedModel` loads them."""
     from .certificate import _units
 
-    best = 0
+    block = other = 0
     for name, unit in _units(model, blocks_name):
-        n = sum(p.numel() for p in unit.parameters()) if unit is not model else sum(
-            p.numel() for p in unit._parameters.values() if p is not None)
-        best = max(best, n * 4)
-    return best
+        if unit is model:
+            n = sum(p.numel() for p in unit._parameters.values() if p is not None)
+        else:
+            n = sum(p.numel() for p in unit.parameters())
+        if name.startswith(blocks_name + "."):
+            block = max(block, n)
+        else:
+            other = max(other, n)
+    return block, other
 
 
 def predict(base_meta, grown_meta, plans, dtype: torch.dtype, max_shard_size: int, probe_tokens: int = 48) -> dict:
     """Peak memory, output bytes and shard count of a streamed grow, from meta models alone.
 
-    Peak memory is the interpreter (``BASE_RSS``) plus the larger of: writing (a changed tensor held in fp32
-    as its source, its result and the rounded copy, x3 of its fp32 size) and verifying (the largest unit's
-    weights in fp32, plus activations of the probes: hidden states after every block and the logits)."""
+    Peak memory = the interpreter with torch and transformers (``BASE_RSS``) plus the larger of
+    * writing: a changed tensor in fp32 three times over (its source, the result, the rounded copy);
+    * verifying: one block's weights in fp32 (a pool every block refills), or the largest module outside the
+      blocks (embeddings, head) in fp32, which runs after the pool is released; plus the probes' activations
+      (the hidden state after every block and the logits, kept for the comparison).
+    Unchanged tensors are copied by the kernel and memory-mapped reads are file pages, not counted."""
     from .architectures import _find_block_list
     from .compose import Chain
 
@@ -208,11 +217,12 @@ def predict(base_meta, grown_meta, plans, dtype: torch.dtype, max_shard_size: in
     verify_peak = 0
     for model in (base_meta, grown_meta):
         cfg = model.config
-        blocks = _find_block_list(model, int(cfg.num_hidden_layers))
+        layers = int(cfg.num_hidden_layers)
+        block, other = _unit_sizes(model, _find_block_list(model, layers))
         hidden = int(getattr(cfg, "hidden_size", 0) or 0)
         vocab = int(getattr(cfg, "vocab_size", 0) or 0)
-        acts = probe_tokens * 4 * (hidden * (int(cfg.num_hidden_layers) + 8) + vocab * 2)
-        verify_peak = max(verify_peak, _unit_bytes_fp32(model, blocks) * 2 + acts)
+        acts = probe_tokens * 4 * (hidden * (2 * layers + 8) + vocab * 3)
+        verify_peak = max(verify_peak, max(block, other) * 4 + acts)
     return {
         "peak_memory": BASE_RSS + max(write_peak, verify_peak),
         "disk": layout.nbytes,

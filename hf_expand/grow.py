@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import platform
 from dataclasses import asdict, dataclass, field
@@ -32,12 +31,14 @@ from .model_io import (
 from .ops import sort_operations
 from .ops.common import param_count
 from .plan import WHOLE, Plan, compose_slices
+from .record import inherit_lineage, write_record as write_growth_record
+from .record import read_record as read_growth_record
 from .shards import DEFAULT_MAX_SHARD_SIZE, parse_size
 from .verify import Probes, default_tolerance, make_probes, max_abs_diff, new_output_measures, outputs, require_finite
 
 log = logging.getLogger(__name__)
 
-RECORD_FILE = "hf_expand_growth.json"
+from .record import RECORD_FILE  # noqa: E402,F401  (re-exported: hf_expand.grow.RECORD_FILE)
 
 
 @dataclass
@@ -382,14 +383,12 @@ def _write_record(setup: GrowSetup, tmp: Path, report: GrowthReport, auto_class:
     )
     record["streamed"] = streamed
     record["license"] = base_license(src)
-    parent_record = Path(src) / RECORD_FILE
-    parent = json.loads(parent_record.read_text()) if parent_record.is_file() else {}
-    if parent.get("pushed_to"):  # growing a grown folder that was pushed: that repo is the parent
-        record["parent_repo"] = parent["pushed_to"]
+    parent = (read_growth_record(src) if Path(src).is_dir() else None) or {}
+    record.update(inherit_lineage(parent))  # growing a pushed grown folder: that repo is the parent
     record["base_model"] = setup.base_model or (src if is_hub_id(src) else parent.get("base_model"))
     if not (record["base_model"] or record.get("parent_repo")):
         log.warning(no_lineage_hint(src, "--base-model ORG/NAME (recipe: model.base_model)"))
-    (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_growth_record(tmp, record)
     write_local(tmp, source=src)
     write_card(tmp, name=Path(setup.out).name)
 
@@ -605,4 +604,8 @@ def with_tokenizer(operations: Sequence, src: str, trust_remote_code: bool = Fal
 
 
 def read_record(folder: str | Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / RECORD_FILE).read_text())
+    """The growth record of ``folder`` (``FileNotFoundError`` when it has none; see :mod:`hf_expand.record`)."""
+    record = read_growth_record(folder)
+    if record is None:
+        raise FileNotFoundError(Path(folder) / RECORD_FILE)
+    return record

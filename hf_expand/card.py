@@ -46,6 +46,25 @@ def _fmt(x) -> str:
     return "n/a" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
 
 
+def _certificate_lines(cert) -> list[str]:
+    """The streamed certificate in short: per-block hidden-state differences (largest and where), KL."""
+    if not isinstance(cert, dict):
+        return []
+    rows = [b for b in cert.get("blocks") or [] if isinstance(b, dict) and isinstance(b.get("max_abs_diff"), (int, float))]
+    out = []
+    if rows:
+        worst = max(rows, key=lambda b: b["max_abs_diff"])
+        out.append(f"- Run block by block (streamed, stock `transformers` modules): the hidden state after each of "
+                   f"{len(rows)} blocks matches its counterpart in the base within {_fmt(worst['max_abs_diff'])} "
+                   f"(largest after block {worst['block']}; per-block table in `{RECORD_FILE}`, "
+                   f"`verification.certificate`).")
+    kl = cert.get("kl") or {}
+    if isinstance(kl.get("kl_mean"), (int, float)):
+        out.append(f"- KL divergence of the base's output distribution from the grown model's on the probe "
+                   f"positions: mean {_fmt(kl['kl_mean'])}, max {_fmt(kl.get('kl_max'))}.")
+    return out
+
+
 def _metrics_rows(training: dict) -> list[str]:
     m = training.get("metrics") or {}
     keys = sorted({k for stage in ("base", "grown", "trained") for k in (m.get(stage) or {})})
@@ -122,6 +141,7 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
                   f"- Reloaded from disk with stock `transformers` and compared with {against} on probe inputs "
                   f"({record.get('probes') or 'random ids'}): max |difference| = {_fmt(v.get('reloaded_max_abs_diff'))} "
                   f"(tolerance {_fmt(record.get('tolerance'))}, dtype {record.get('dtype', 'float32')}).",
+                  *_certificate_lines(v.get("certificate")),
                   f"- New tensor slices recorded: {len(record.get('new_slices') or {})} tensors "
                   f"(`{RECORD_FILE}`, `new_slices`).", ""]
     aug = record.get("augmentation") or training.get("augmentation")

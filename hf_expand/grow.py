@@ -347,17 +347,21 @@ def _grow_in_memory(setup: GrowSetup) -> GrowthReport:
 
 def _check_final(report: GrowthReport, accept_difference: bool, cert=None) -> None:
     log.info("reloaded from disk: max |%s - saved| = %.3g", report.reference, report.reloaded_max_abs_diff)
-    if report.reloaded_max_abs_diff > report.tolerance and not accept_difference:
-        where = ""
-        if cert is not None:
-            block = cert.first_block_over(report.tolerance)
-            if block is not None:
-                where = (f"; the first block that differs is block {block['block']} (max |Δ| "
-                         f"{block['max_abs_diff']:.3g} after it, vs block {block['counterpart']} of {report.reference})")
+    if report.reloaded_max_abs_diff <= report.tolerance or accept_difference:
+        return
+    if cert is None:
         raise PreservationError(
             f"the saved model's outputs differ from {_reference_name(report.reference)} by "
-            f"{report.reloaded_max_abs_diff:.3g} (> tolerance {report.tolerance:g}){where}; nothing was written"
-        )
+            f"{report.reloaded_max_abs_diff:.3g} (> tolerance {report.tolerance:g}); nothing was written")
+    held = [o.op for o in report.operations if o.preserving and o.max_abs_diff == report.reloaded_max_abs_diff]
+    who = " + ".join(held) or "growth"
+    block = cert.first_block_over(report.tolerance)
+    where = (f"; the first block that differs is block {block['block']} (max |Δ| {block['max_abs_diff']:.3g} after it, "
+             f"vs block {block['counterpart']} of {_reference_name(report.reference)})" if block else "")
+    raise PreservationError(
+        f"{who} changed the outputs by {report.reloaded_max_abs_diff:.3g} (> tolerance {report.tolerance:g}) "
+        f"against {_reference_name(report.reference)}{where}; nothing was written. Pass --accept-difference to keep "
+        f"it anyway, or report this as a bug")
 
 
 def _copy_side_files(setup: GrowSetup, tmp: Path, report: GrowthReport) -> list[str]:

@@ -74,9 +74,11 @@ def _params_of(unit_name: str, unit: nn.Module, own_only: bool):
 class StreamedModel:
     """A stock transformers model whose weights come from ``get(name)`` one unit at a time (see module doc)."""
 
-    def __init__(self, model, get: Callable[[str], torch.Tensor], what: str = "model"):
+    def __init__(self, model, get: Callable[..., torch.Tensor], what: str = "model"):
         """``model``: the stock model with its parameters on the meta device (``streamed.meta_model``); its
-        parameters are put back on the meta device after each unit runs, so it can be used again."""
+        parameters are put back on the meta device after each unit runs, so it can be used again.
+        ``get(name, out=None)``: the tensor in fp32 (written into ``out`` when given), e.g.
+        ``CheckpointReader.get_float`` or ``Chain.getter``."""
         config = model.config
         self.model = model.eval()
         self.get = get
@@ -100,15 +102,15 @@ class StreamedModel:
 
             def load(module, args, kwargs=None, params=params, in_block=in_block, prefix=len(name) + 1):
                 for mod, pname, full in params:
-                    stored = self.get(full)
+                    shape = tuple(mod._parameters[pname].shape)
                     if not in_block:  # embeddings, head: used once per batch, not worth keeping
-                        value = stored.float()
+                        value = self.get(full)
                     else:  # blocks: one fp32 buffer per block-relative name, filled again by every block
-                        key = (full[prefix:], tuple(stored.shape))
+                        key = (full[prefix:], shape)
                         value = self.pool.get(key)
                         if value is None:
-                            value = self.pool[key] = torch.empty(stored.shape, dtype=torch.float32)
-                        value.copy_(stored)
+                            value = self.pool[key] = torch.empty(shape, dtype=torch.float32)
+                        value = self.get(full, value)
                     mod._parameters[pname] = nn.Parameter(value, requires_grad=False)
 
             def free(module, args, output, params=params, name=name):

@@ -19,7 +19,8 @@ from .plan import Plan, TensorStep
 class Chain:
     """The model after ``plans[:level]`` as a function of tensor name (level 0 = the base's ``get``)."""
 
-    def __init__(self, get: Callable[[str], torch.Tensor], plans: list[Plan], seed: int):
+    def __init__(self, get: Callable[..., torch.Tensor], plans: list[Plan], seed: int):
+        """``get(name)``: a base tensor in fp32 (``CheckpointReader.get_float``)."""
         self.base_get = get
         self.plans = plans
         self.seed = seed
@@ -51,8 +52,12 @@ class Chain:
             name = step.source
         return name
 
-    def getter(self, level: int | None = None) -> Callable[[str], torch.Tensor]:
-        return lambda name: self.get(name, level)
+    def getter(self, level: int | None = None) -> Callable[..., torch.Tensor]:
+        """``get(name, out=None)`` of the model after ``plans[:level]`` (what ``StreamedModel`` takes)."""
+        def get(name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+            value = self.get(name, level)
+            return value if out is None else out.copy_(value)
+        return get
 
 
 def layer_counterparts(plans: list[Plan], num_layers: int) -> list[int | None]:

@@ -419,13 +419,13 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
     check_disk(Path(setup.out), layout.nbytes)
 
     probes = setup.probes()
-    chain = Chain(reader.get, plans, setup.seed)
+    chain = Chain(reader.get_float, plans, setup.seed)
     report = GrowthReport([], setup.seed, tolerance, probes.description)
     with atomic_output_dir(setup.out, setup.overwrite, src) as tmp:
         # write (in a thread: it is disk-bound) while the base runs (compute-bound)
         with Background(lambda cancelled: write_grown(tmp, layout, chain, reader, grown_meta, dtype, setup.progress,
                                                       cancelled)) as writing:
-            base_run = StreamedModel(base_meta, reader.get, "base").run(probes, setup.progress)
+            base_run = StreamedModel(base_meta, reader.get_float, "base").run(probes, setup.progress)
             try:  # nothing can be held to a base that computes NaN/inf
                 require_finite(base_run.outputs, probes, "the base model", "base")
             except NonFiniteOutputs as exc:
@@ -439,7 +439,7 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
         copied = _copy_side_files(setup, tmp, report)
         # verify: the folder as written, read back through the same stock classes, block by block
         written = CheckpointReader(tmp, grown_meta)
-        grown_run = StreamedModel(grown_meta, written.get, "grown").run(probes, setup.progress)
+        grown_run = StreamedModel(grown_meta, written.get_float, "grown").run(probes, setup.progress)
         ref_config = plans[ref_level - 1].new_config if ref_level else config
         counterparts = layer_counterparts(plans[ref_level:], int(ref_config.num_hidden_layers))
         try:

@@ -47,7 +47,7 @@ def streamed_certificate(base: str, grown: str, probes_for, progress: bool = Fal
     probes = probes_for(metas[0].config)
     for src, meta, what in zip((base, grown), metas, ("base", "grown")):
         reader = CheckpointReader(resolve_folder(src), meta)
-        runs.append(StreamedModel(meta, reader.get, what).run(probes, progress))
+        runs.append(StreamedModel(meta, reader.get_float, what).run(probes, progress))
     pairs = counterparts_from_record(Path(grown), int(metas[0].config.num_hidden_layers),
                                      int(metas[1].config.num_hidden_layers))
     try:

@@ -236,10 +236,3 @@ def render_prediction(p: dict, out: str | None) -> list[str]:
     return [f"streamed growth: peak memory about {_gib(p['peak_memory'])}; the output needs {_gib(p['disk'])} on disk "
             f"in {p['shards']} shard{'s' if p['shards'] != 1 else ''} ({p['tensors']} tensors)"
             + (f" under {out}" if out else "")]
-
-
-def reference_points(plans) -> list[int]:
-    """Indices of the non-preserving plans: the model right after each is the reference from there on."""
-    return [k for k, p in enumerate(plans) if not p.preserving]
-
-

@@ -80,7 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="only print results and errors (no logs, no progress bars)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    g = sub.add_parser("grow", parents=[common], help="grow a checkpoint (folder or Hub id) into a new folder")
+    g = sub.add_parser("grow", parents=[common], help="grow a checkpoint (folder or Hub id) into a new folder",
+                       description="Grow a checkpoint with its outputs preserved. A safetensors checkpoint is "
+                                   "streamed: tensors are read one at a time, each output tensor is computed in fp32 "
+                                   "by the composed plan and rounded once to the checkpoint's dtype, and written into "
+                                   "shards of at most --max-shard-size; unchanged tensors are copied byte for byte. "
+                                   "The certificate then runs base and written folder on probe inputs one block at a "
+                                   "time in stock transformers modules (per-block hidden-state max |diff|, final "
+                                   "max |diff|, KL; in the growth record and the card). Memory: about one block in "
+                                   "fp32, or the embeddings/head, whichever is larger, whatever the model's size "
+                                   "(--dry-run prints the prediction, the disk space and the shards). Pickled .bin "
+                                   "checkpoints are grown in memory.")
     g.add_argument("src", help="Hub id or local save_pretrained folder")
     g.add_argument("--out", help="output folder (must not exist unless --overwrite)")
     w = g.add_mutually_exclusive_group()

@@ -25,7 +25,7 @@ NUM = (int, float)
 SCHEMA = {
     "out": str,
     "model": {"id": str, "task": str, "base_model": str},
-    "grow": {"operations": list, "seed": int, "tolerance": float},
+    "grow": {"operations": list, "seed": int, "tolerance": float, "max_shard_size": str},
     "data": {"source": str, "text_column": str, "label_column": str, "eval": str, "eval_split": str, "eval_ratio": float,
              "lexnames": list, "per_class": int, "test_per_class": int, "seed": int},
     "augment": {"augmenters": list, "copies": int, "seed": int},

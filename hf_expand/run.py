@@ -230,6 +230,7 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
 
     if ops:
         from .grow import grow_checkpoint
+        from .shards import DEFAULT_MAX_SHARD_SIZE
 
         g = recipe.get("grow") or {}
         key = _key(model_key, [repr(o) for o in ops], g.get("seed", 0), g.get("tolerance"))
@@ -237,7 +238,8 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
         def grow(tmp: Path):
             report = grow_checkpoint(model, tmp, ops, seed=g.get("seed", 0), tolerance=g.get("tolerance"),
                                      command=RUN_COMMAND, progress=progress,
-                                     base_model=recipe["model"].get("base_model"))
+                                     base_model=recipe["model"].get("base_model"),
+                                     max_shard_size=g.get("max_shard_size", DEFAULT_MAX_SHARD_SIZE))
             summary["preservation_max_abs_diff"] = report.max_abs_diff
 
         model = str(r.stage("grow", key, out / "grown", grow))

@@ -281,7 +281,10 @@ def grow_checkpoint(
 
         folder = resolve_folder(src)
         if has_safetensors(folder):
-            return _grow_streamed(setup, plans, folder)
+            from .streamed import bounded_heap
+
+            with bounded_heap():
+                return _grow_streamed(setup, plans, folder)
         setup.fallback = (f"{src} has no safetensors weights (only pickled .bin files): growing in memory, which holds "
                           f"the whole model in fp32 about three times; convert it to safetensors to stream it")
     return _grow_in_memory(setup)
@@ -401,9 +404,8 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
     from .certificate import StreamedModel, compare
     from .checkpoint import CheckpointReader
     from .compose import Chain, layer_counterparts
-    from .streamed import bound_heap, check_disk, meta_model, output_layout, write_grown
+    from .streamed import check_disk, meta_model, output_layout, write_grown
 
-    bound_heap()
     src, config = setup.src, setup.config
     cls = auto_class_for(config)
     base_cls = model_class_for(cls, config)

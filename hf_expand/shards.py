@@ -60,8 +60,9 @@ class OutTensor:
 
 
 def assign_shards(tensors: list[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:
-    """Consecutive groups of whole units, each at most ``max_shard_size`` bytes (a bigger unit gets a shard of its
-    own), in order, as ``split_torch_state_dict_into_shards`` does."""
+    """Consecutive groups of whole units (a model tensor's stored tensors stay together), each at most
+    ``max_shard_size`` bytes; a unit bigger than that gets a shard of its own. Greedy in write order, so the
+    grouping can differ from ``save_pretrained``'s (which fills shards by its own order); both load the same."""
     units: list[list[OutTensor]] = []
     for t in tensors:
         if units and units[-1][0].unit == t.unit:

@@ -33,12 +33,17 @@ def counterparts_from_record(grown: Path, base_layers: int, grown_layers: int) -
 
 def streamed_certificate(base: str, grown: str, probes_for, progress: bool = False) -> tuple[Certificate, Probes]:
     """Run both checkpoints block by block on ``probes_for(base_config)``; return the certificate and probes."""
+    from .streamed import bounded_heap, meta_model
+
+    with bounded_heap():
+        return _certificate(base, grown, probes_for, progress, meta_model)
+
+
+def _certificate(base, grown, probes_for, progress, meta_model):
     from .checkpoint import CheckpointReader, resolve_folder
     from .grow import model_class_for
     from .model_io import auto_class_for, load_config
-    from .streamed import bound_heap, meta_model
 
-    bound_heap()
     runs, metas = [], []
     for src in (base, grown):
         config = load_config(src)

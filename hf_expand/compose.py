@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .execute import run_step
-from .plan import Plan, TensorStep
+from .plan import Fill, Plan, TensorStep
 
 
 class Chain:
@@ -35,6 +35,8 @@ class Chain:
         if level == 0:
             return self.base_get(name).float()
         step = self.step(name, level)
+        if step.actions and isinstance(step.actions[0], Fill):  # the source's values are not used: not read
+            return run_step(step, torch.empty(step.shape_before, dtype=torch.float32), self.seed)
         source = self.get(step.source, level - 1)
         if tuple(source.shape) != tuple(step.shape_before):
             raise ValueError(f"{step.source}: plan expected shape {step.shape_before}, the checkpoint has "

@@ -448,7 +448,8 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
             cert = compare(ref_run, grown_run, probes, counterparts, report.excluded_outputs,
                            names=(_reference_name(report.reference), "the saved model"))
         except NonFiniteOutputs as exc:
-            raise NonFiniteOutputs(f"{exc}; nothing was written ({NEVER_PRESERVED})", exc.where) from None
+            who = " + ".join(o.op for o in pending) or "growth"  # the operations held to this reference
+            raise NonFiniteOutputs(f"{who}: {exc}; nothing was written ({NEVER_PRESERVED})", exc.where) from None
         report.reloaded_max_abs_diff = cert.max_abs_diff
         report.certificate = cert.to_record()
         for o in pending:

@@ -180,6 +180,12 @@ def case_config(family: str, case: str):
     return config
 
 
+# The cells growth refuses (head size implied by hidden/heads; OLMo2's q/k norms span all heads):
+# test_preservation asserts unsupported_reason agrees with this set, so tests may use it without planning.
+IMPLIED_HEAD_SIZE = {"gpt2", "gpt_neox", "opt", "bert", "roberta", "distilbert"}
+EXPECTED_UNSUPPORTED = {(f, "add_heads") for f in IMPLIED_HEAD_SIZE | {"olmo2"}}
+
+
 def unsupported_reason(family: str, case: str) -> str | None:
     """Why ``case`` cannot apply to ``family`` (the error growth raises), or None when it applies.
 

@@ -142,6 +142,7 @@ def test_bad_missing_or_unauthorised_token(hub, grown_minilm, token, words):
     assert snapshot(grown_minilm) == before
 
 
+@pytest.mark.slow  # ~18 s of subprocesses; the default suite keeps the round trip and failure tests (suite time)
 def test_private_repo_not_readable_by_another_user(hub, grown_minilm, tmp_path):
     assert cli(hub, "push", str(grown_minilm), "alice/private-one", "--private").returncode == 0
     code = ("import os; from transformers import AutoConfig; "
@@ -151,6 +152,7 @@ def test_private_repo_not_readable_by_another_user(hub, grown_minilm, tmp_path):
     assert other.returncode != 0 and "read" not in other.stdout
 
 
+@pytest.mark.slow  # ~18 s of subprocesses; the default suite keeps the round trip and failure tests (suite time)
 def test_revision_and_pull_request(hub, grown_minilm):
     server, _, _ = hub
     assert cli(hub, "push", str(grown_minilm), "alice/branches").returncode == 0

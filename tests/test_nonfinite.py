@@ -73,18 +73,18 @@ def test_verify_all_nan_grown_names_the_grown_model(capsys, llama_dir, variant):
 
 def test_verify_one_nan_does_not_hide_the_other_differences(capsys, llama_dir, variant, monkeypatch):
     """A single NaN entry at one non-padded position of a grown model that also differs a lot elsewhere."""
-    import hf_expand.verify as V
+    import hf_expand.certificate as C
 
     grown = variant("perturbed", perturb_head)
-    real = V.outputs
+    real = C.StreamedModel.run
 
-    def one_nan(model, probes):
-        outs = real(model, probes)
-        if Path(model.name_or_path) == grown:
-            outs[0][1, 3, 5] = NAN  # row 1 is padded from position 8 on: position 3 is compared
-        return outs
+    def one_nan(self, probes, progress=False):  # verify runs each model block by block (certificate.StreamedModel)
+        run = real(self, probes, progress)
+        if self.what == "grown":
+            run.outputs[0][1, 3, 5] = NAN  # row 1 is padded from position 8 on: position 3 is compared
+        return run
 
-    monkeypatch.setattr(V, "outputs", one_nan)
+    monkeypatch.setattr(C.StreamedModel, "run", one_nan)
     code, out, err = run_cli(capsys, "verify", llama_dir, grown, "-q")
     assert code == 1, (out, err)
     line = error_line(err)
@@ -137,17 +137,17 @@ def test_verify_finite_models_still_pass(capsys, llama_dir):
 
 def test_grow_refuses_nan_grown_model_even_with_accept_difference(capsys, llama_dir, tmp_path, monkeypatch):
     """An operation whose result computes NaN: refused, with or without --accept-difference; nothing written."""
-    import hf_expand.grow as G
+    import hf_expand.compose as C
+    import hf_expand.execute as E
 
-    real_build = G._build
+    real_step = E.run_step
 
-    def nan_build(cls, config, state_dict):
-        model = real_build(cls, config, state_dict)
-        with torch.no_grad():
-            model.model.layers[-1].mlp.down_proj.weight.fill_(NAN)
-        return model
+    def nan_step(step, tensor, seed):  # the operation writes NaN into the last block's FFN output projection
+        out = real_step(step, tensor, seed)
+        return out.fill_(NAN) if step.target == "model.layers.3.mlp.down_proj.weight" else out
 
-    monkeypatch.setattr(G, "_build", nan_build)
+    monkeypatch.setattr(E, "run_step", nan_step)  # the in-memory path (grow_model)
+    monkeypatch.setattr(C, "run_step", nan_step)  # the streamed path (composed chains)
     for extra in ([], ["--accept-difference"]):
         code, out, err = run_cli(capsys, "grow", llama_dir, "--out", tmp_path / "out", "--add-layers", "1", "-q", *extra)
         assert code == 1, (extra, out, err)

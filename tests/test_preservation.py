@@ -11,15 +11,13 @@ import pytest
 import torch
 
 from conftest import FAMILY_CONFIGS, POST_NORM
-from matrix import CASES, NEW_LABELS, NEW_TOKENS, unsupported_reason
+from matrix import CASES, EXPECTED_UNSUPPORTED, IMPLIED_HEAD_SIZE, NEW_LABELS, NEW_TOKENS, unsupported_reason
 from hf_expand import UnsupportedArchitecture, grow_checkpoint
 from hf_expand.grow import RECORD_FILE
 from hf_expand.model_io import auto_class_for
 from hf_expand.verify import make_probes, max_abs_diff, new_slice_gradients, outputs
 
 TABLE = [(family, case) for family in FAMILY_CONFIGS for case in CASES]
-IMPLIED_HEAD_SIZE = {"gpt2", "gpt_neox", "opt", "bert", "roberta", "distilbert"}
-EXPECTED_UNSUPPORTED = {(f, "add_heads") for f in IMPLIED_HEAD_SIZE | {"olmo2"}}
 
 
 def test_table_is_complete():

@@ -109,8 +109,17 @@ def world(tmp_path_factory, tiny_checkpoints):
     assert not server.errors
 
 
+TIMINGS: dict[str, float] = {}
+
+
 def _run(cmd: list[str], work: Path, env: dict, what: str):
+    import time
+
+    start = time.perf_counter()
     result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    TIMINGS[what] = time.perf_counter() - start
+    if os.environ.get("HF_EXPAND_README_TIMINGS"):
+        print(f"{TIMINGS[what]:6.1f}s {what[:100]}", file=sys.__stderr__)
     assert result.returncode == 0, f"README {what} failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
     assert TOKEN not in result.stdout + result.stderr
     return result

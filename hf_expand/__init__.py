@@ -14,14 +14,31 @@ recorded), ``AddLabels``, ``AddTokens``.
 __version__ = "0.1.0"
 
 from .errors import HfExpandError, PreservationError, UnsupportedArchitecture  # noqa: E402
-from .ops.add_heads import AddHeads  # noqa: E402
-from .ops.add_labels import AddLabels  # noqa: E402
-from .ops.add_layers import AddLayers  # noqa: E402
-from .ops.add_tokens import AddTokens  # noqa: E402
-from .ops.depth_upscale import DepthUpscale  # noqa: E402
-from .ops.widen_ffn import WidenFFN  # noqa: E402
-from .ops.widen_hidden import WidenHidden  # noqa: E402
-from .grow import GrowthReport, grow_checkpoint, grow_model, plan_growth, read_record  # noqa: E402
+
+# The rest is imported on first use (PEP 562): torch and transformers take seconds to import, and commands
+# that never touch a model (`hf-expand push`, `--help`, refusals of bad flags) should not pay for them.
+_LAZY = {
+    "AddHeads": "ops.add_heads", "AddLabels": "ops.add_labels", "AddLayers": "ops.add_layers",
+    "AddTokens": "ops.add_tokens", "DepthUpscale": "ops.depth_upscale", "WidenFFN": "ops.widen_ffn",
+    "WidenHidden": "ops.widen_hidden", "GrowthReport": "grow", "grow_checkpoint": "grow", "grow_model": "grow",
+    "plan_growth": "grow", "read_record": "grow",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_expand' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AddHeads",

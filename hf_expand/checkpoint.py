@@ -27,18 +27,10 @@ log = logging.getLogger(__name__)
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
-PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-
-DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-               "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 def has_safetensors(folder: Path) -> bool:
     return (folder / SAFE_INDEX).is_file() or (folder / SAFE_SINGLE).is_file()
-
-
-def has_pickle_only(folder: Path) -> bool:
-    return not has_safetensors(folder) and any((folder / n).is_file() for n in PICKLE_FILES)
 
 
 def _read_header(path: Path) -> dict:
@@ -113,10 +105,10 @@ def scan(folder: Path) -> dict[str, DiskTensor]:
     return tensors
 
 
-_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+# safetensors' dtype names (the one table: shards.py writes the same names back)
+STORED_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
                  "BOOL": torch.bool}
-_SIZES = {t: torch.empty((), dtype=t).element_size() for t in _TORCH_DTYPES.values()}
 
 
 class _Files:
@@ -139,7 +131,7 @@ class _Files:
 
     def read(self, disk: DiskTensor, out: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The stored tensor as a new tensor (converted to ``dtype``, or written into ``out``)."""
-        stored = _TORCH_DTYPES.get(disk.dtype)
+        stored = STORED_DTYPES.get(disk.dtype)
         if stored is None:
             raise HfExpandError(f"{disk.file} stores a tensor as {disk.dtype}, which hf-expand cannot grow; convert "
                                 f"the checkpoint to float32, float16 or bfloat16")
@@ -151,7 +143,7 @@ class _Files:
         mm = self._map(disk.file)
         if disk.offset + disk.nbytes > len(mm):
             raise HfExpandError(f"{disk.file} ended early while reading a tensor; it is truncated: re-download it")
-        view = torch.frombuffer(mm, dtype=stored, count=disk.nbytes // _SIZES[stored], offset=disk.offset)
+        view = torch.frombuffer(mm, dtype=stored, count=disk.nbytes // stored.itemsize, offset=disk.offset)
         view = view.reshape(disk.shape)
         if out is not None:
             value = out.copy_(view)
@@ -204,26 +196,19 @@ class CheckpointReader:
         meta = model.state_dict()
         prefix = getattr(model, "base_model_prefix", None)
         self.groups: dict[str, _Group] = {}
-        self.unexpected: list[str] = []
         for key in sorted(self.disk, key=dot_natural_key):
             renamed, pattern = rename_source_key(key, renamings, converters, prefix, meta)
             if renamed not in meta and key in meta:
                 renamed, pattern = rename_source_key(key, [], [], prefix, meta)
-            if renamed not in meta:
-                self.unexpected.append(key)
+            if renamed not in meta:  # not the model's (from_pretrained reports these; growth ignores them)
                 continue
             group = self.groups.setdefault(renamed, _Group())
             if pattern is not None and group.converter is None:
                 group.converter = pattern_to_converter[pattern]
             group.keys.append((key, pattern or key))
-        # A converter can make several model tensors at once (one group per first target name)
-        self.produced_by: dict[str, str] = {}
         self.tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
         self._files = _Files()
         self._cache: tuple[str, dict[str, torch.Tensor]] | None = None
-
-    def names(self) -> list[str]:
-        return list(self.groups)
 
     def stored(self, name: str) -> DiskTensor | None:
         """The stored tensor ``name`` when it is read as is (same key, no conversion), else None."""

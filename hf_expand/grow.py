@@ -210,12 +210,7 @@ def grow_model(
                              current.num_parameters(), grown.num_parameters(), diff, list(plan.notes),
                              preserving=plan.preserving)
         if plan.new_outputs is not None:
-            op_report.measures = new_output_measures(ref_out, grown_out, probes, plan.new_outputs)
-            op_report.notes.append(
-                f"new outputs take {op_report.measures['new_probability_mass']:.3%} of the probability mass on the probe "
-                f"inputs; predictions changed at {op_report.measures['predictions_changed']} of "
-                f"{op_report.measures['positions']} positions"
-            )
+            _measure_new_outputs(op_report, ref_out, grown_out, probes, plan.new_outputs)
         report.operations.append(op_report)
         if "tokenizer" in plan.extra_files:
             report.tokenizer = plan.extra_files["tokenizer"]
@@ -237,6 +232,13 @@ def grow_model(
     report.modified = {k: v for k, v in report.modified.items() if report.new_slices.get(k) != [WHOLE]}
     report.reference_outputs = ref_out
     return current, report
+
+
+def _measure_new_outputs(report: OpReport, ref_out, grown_out, probes: Probes, new: tuple[int, int]) -> None:
+    """What appended outputs (new labels, new tokens) take on the probes, in ``report.measures`` and a note."""
+    m = report.measures = new_output_measures(ref_out, grown_out, probes, new)
+    report.notes.append(f"new outputs take {m['new_probability_mass']:.3%} of the probability mass on the probe "
+                        f"inputs; predictions changed at {m['predictions_changed']} of {m['positions']} positions")
 
 
 def grow_checkpoint(
@@ -456,10 +458,7 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
             o.max_abs_diff = cert.max_abs_diff
         for plan, o in zip(plans, report.operations):
             if plan.new_outputs is not None:
-                o.measures = new_output_measures(ref_run.outputs, grown_run.outputs, probes, plan.new_outputs)
-                o.notes.append(
-                    f"new outputs take {o.measures['new_probability_mass']:.3%} of the probability mass on the probe "
-                    f"inputs; predictions changed at {o.measures['predictions_changed']} of {o.measures['positions']} positions")
+                _measure_new_outputs(o, ref_run.outputs, grown_run.outputs, probes, plan.new_outputs)
         for o in report.operations:
             if o.preserving:
                 log.info("%s: %s", o.op, o.summary)
@@ -575,7 +574,8 @@ def _check_fits(reader, base_meta, src: str) -> None:
             where = f"{Path(src) / 'config.json'}" if Path(src).is_dir() else f"the config.json of {src}"
             raise HfExpandError(f"{where} does not match the weights: {name} is {list(d.shape)} in the checkpoint but "
                                 f"{list(state[name].shape)} by the config; use the config saved with these weights")
-    missing = [n for n in state if not reader.has(n) and n in dict(base_meta.named_parameters(remove_duplicate=False))]
+    params = {n for n, _ in base_meta.named_parameters(remove_duplicate=False)}
+    missing = [n for n in state if n in params and not reader.has(n)]
     if missing:
         raise HfExpandError(f"{reader.folder} does not hold {missing[0]} ({len(missing)} parameters missing), which "
                             f"{type(base_meta).__name__} needs; re-download the model or use the config saved with it")

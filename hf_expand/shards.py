@@ -9,6 +9,7 @@ header is written first and every tensor's bytes are appended as soon as it exis
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,15 @@ from .errors import HfExpandError
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
-_DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-                torch.bool: "BOOL"}
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
           "TIB": 2**40}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """safetensors' name for ``dtype`` (the inverse of ``checkpoint.STORED_DTYPES``)."""
+    from .checkpoint import STORED_DTYPES
+
+    return next(name for name, t in STORED_DTYPES.items() if t == dtype)
 
 
 def parse_size(text: str | int) -> int:
@@ -53,10 +58,7 @@ class OutTensor:
 
     @property
     def nbytes(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def assign_shards(tensors: list[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:
@@ -89,7 +91,7 @@ def _header(tensors: list[OutTensor]) -> bytes:
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for t in tensors:
-        header[t.name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        header[t.name] = {"dtype": dtype_name(t.dtype), "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
         offset += t.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)

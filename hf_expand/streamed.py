@@ -142,7 +142,7 @@ def output_layout(grown_meta, dtype: torch.dtype, max_shard_size: int) -> Layout
 def write_grown(folder: Path, layout: Layout, chain, reader, grown_meta, dtype: torch.dtype,
                 progress: bool = False, cancelled=lambda: False) -> list[str]:
     """Compute and write every output tensor (see module doc); returns the files written."""
-    from .shards import copy_bytes, write_shards
+    from .shards import copy_bytes, dtype_name, write_shards
 
     revert = reverter(grown_meta)
     state = grown_meta.state_dict()
@@ -156,7 +156,7 @@ def write_grown(folder: Path, layout: Layout, chain, reader, grown_meta, dtype: 
         base = chain.base_name(unit)
         disk = reader.stored(base) if base is not None else None
         if disk is not None and len(names) == 1 and by_name[names[0]].shape == disk.shape \
-                and _dtype_name(by_name[names[0]].dtype) == disk.dtype:
+                and dtype_name(by_name[names[0]].dtype) == disk.dtype:
             yield names[0], copy_bytes(disk.file, disk.offset, disk.nbytes)  # unchanged: bytes as stored
             return
         if unit in buffers and not reader.has(base or unit):
@@ -171,12 +171,6 @@ def write_grown(folder: Path, layout: Layout, chain, reader, grown_meta, dtype: 
             yield name, stored[name].contiguous()
 
     return write_shards(folder, layout.shards, produce, layout.total_parameters, progress)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    from .shards import _DTYPE_NAMES
-
-    return _DTYPE_NAMES[dtype]
 
 
 def check_disk(out: Path, needed: int) -> None:

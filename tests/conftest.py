@@ -58,6 +58,15 @@ def assert_nothing_written(parent: Path, name: str = "out"):
     assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")], list(parent.iterdir())
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a module (tiny models: two threads on two busy cores were 2-4x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture()
 def llama_dir(tiny_checkpoints):
     return tiny_checkpoints("llama")

@@ -107,16 +107,6 @@ class Bf16Base:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread here too while the matrix runs (see ``_quiet_worker``; measured: two threads made the
-    serial matrix 2-4x slower on a busy two-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def bf16_bases(tiny_checkpoints, tiny_classifier_checkpoints, tmp_path_factory):
     """(family, kind) -> the fixture's checkpoint cast to bfloat16 and saved with its tokenizer (once per module),
     with the base's outputs on the probes the test compares on."""

@@ -22,12 +22,7 @@ from matrix import tiny_model, tiny_tokenizer
 SENTENCES = Path(__file__).parent / "data" / "sentences.txt"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for the whole module
 
 
 def run(model, out, **kw) -> dict:

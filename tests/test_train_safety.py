@@ -24,12 +24,7 @@ SENTENCES = Path(__file__).parent / "data" / "sentences.txt"
 RECORD = "hf_expand_growth.json"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for the whole module
 
 
 @pytest.fixture()

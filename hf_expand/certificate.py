@@ -28,10 +28,15 @@ from .verify import Probes, _main_output, _mask_of, max_abs_diff
 
 @dataclass
 class Run:
-    """One model's outputs on the probes: main output and the hidden state after every block, per batch."""
+    """One model's outputs on the probes: main output and the hidden state after every block, per batch.
+
+    ``calls[i][b]``: when recorded, block i's call on batch b as ``(fingerprint of its inputs, its output)``
+    (:mod:`hf_expand.reuse`); ``reused``: the blocks whose output was taken from a reference run."""
 
     outputs: list[torch.Tensor]
     hidden: list[list[torch.Tensor]]  # [block][batch]
+    calls: list[list[tuple]] | None = None
+    reused: set[int] = field(default_factory=set)
 
 
 def _block_list(model: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
@@ -91,9 +96,12 @@ class StreamedModel:
         self.bar = None
 
     @contextlib.contextmanager
-    def _hooks(self, hidden: list[list[torch.Tensor]]):
-        handles = []
+    def _hooks(self, run: Run, reuse=None):
+        from .reuse import fingerprint, reusable_blocks, share
+
+        handles, wrapped = [], []
         last_block = f"{self.blocks_name}.{self.num_layers - 1}"
+        reusable = {} if reuse is None else reusable_blocks(reuse, self.model, self.blocks_name)
         for name, unit in self.units:
             own_only = unit is self.model or (name and self.blocks_name.startswith(name + "."))
             params = list(_params_of(name, unit, bool(own_only)))
@@ -117,43 +125,69 @@ class StreamedModel:
                 for mod, pname, full in params:
                     mod._parameters[pname] = nn.Parameter(torch.empty(mod._parameters[pname].shape, device="meta"),
                                                           requires_grad=False)
-                if name.startswith(self.blocks_name + "."):
-                    if self.bar is not None:
-                        self.bar.update(1)
-                    if name == last_block:
-                        self.pool.clear()  # the head comes next: its fp32 copy need not sit beside the pool
 
             if unit is self.model:
                 load(unit, ())  # parameters of the root itself stay for the whole run
                 continue
-            handles.append(unit.register_forward_pre_hook(load))
-            handles.append(unit.register_forward_hook(free))
-        for i, block in enumerate(self.blocks):
-            def capture(module, args, output, i=i):
-                h = output[0] if isinstance(output, (tuple, list)) else output
-                hidden[i].append(h.detach().float().clone())
-            handles.append(block.register_forward_hook(capture))
+            if not in_block:
+                handles.append(unit.register_forward_pre_hook(load))
+                handles.append(unit.register_forward_hook(free))
+                continue
+            j = int(name[len(self.blocks_name) + 1:])
+
+            def forward(*args, _run=unit.forward, _unit=unit, _j=j, _load=load, _free=free, _last=name == last_block,
+                        **kwargs):
+                key = fingerprint((args, kwargs)) if run.calls is not None or _j in reusable else None
+                i = reusable.get(_j)
+                recorded = reuse.ref.calls[i][self._batch] if i is not None else None
+                if recorded is not None and recorded[0] == key:
+                    output = share(recorded[1])  # same weights, code and inputs: the same output (reuse module)
+                    run.reused.add(_j)
+                else:
+                    _load(_unit, args)
+                    try:
+                        output = _run(*args, **kwargs)
+                    finally:
+                        _free(_unit, args, None)
+                kept = share(output) if run.calls is not None else None
+                if kept is not None:
+                    run.calls[_j].append((key, kept))
+                h = kept if kept is not None else output
+                h = h[0] if isinstance(h, (tuple, list)) else h
+                run.hidden[_j].append(h if kept is not None and h.dtype == torch.float32 else h.detach().float().clone())
+                if self.bar is not None:
+                    self.bar.update(1)
+                if _last:
+                    self.pool.clear()  # the head comes next: its fp32 copy need not sit beside the pool
+                return output
+
+            unit.forward = forward
+            wrapped.append(unit)
         try:
             yield
         finally:
             for h in handles:
                 h.remove()
+            for unit in wrapped:
+                del unit.forward
 
     @torch.no_grad()
-    def run(self, probes: Probes, progress: bool = False) -> Run:
-        hidden: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers)]
-        outs = []
+    def run(self, probes: Probes, progress: bool = False, record: bool = False, reuse=None) -> Run:
+        """The probes through the model. ``record``: keep each block call's input fingerprint and output, so a
+        later run can reuse them; ``reuse``: a :class:`reuse.Reuse` naming the recorded run this one may take
+        block outputs from (see :mod:`hf_expand.reuse`)."""
+        run = Run([], [[] for _ in range(self.num_layers)], [[] for _ in range(self.num_layers)] if record else None)
         no_cache = {"use_cache": False} if "use_cache" in inspect.signature(self.model.forward).parameters else {}
         self.bar = tqdm(total=self.num_layers * len(probes.batches), desc=f"verifying {self.what}", unit="block",
                         disable=not progress, leave=False)
         try:
-            with self._hooks(hidden):
-                for batch in probes.batches:
-                    outs.append(_main_output(self.model(**batch, **no_cache)).float())
+            with self._hooks(run, reuse):
+                for self._batch, batch in enumerate(probes.batches):
+                    run.outputs.append(_main_output(self.model(**batch, **no_cache)).float())
         finally:
             self.bar.close()
             self.bar = None
-        return Run(outs, hidden)
+        return run
 
 
 def kl_divergence(ref: list[torch.Tensor], grown: list[torch.Tensor], probes: Probes,
@@ -218,7 +252,10 @@ def compare(ref: Run, grown: Run, probes: Probes, counterparts: list[int | None]
         value = None if any(d is None for d in diffs) else max(diffs, default=0.0)
         if value is not None and any(t.isnan().any() for t in grown.hidden[j]):
             value = float("nan")
-        rows.append({"block": j, "counterpart": i, "max_abs_diff": value})
+        row = {"block": j, "counterpart": i, "max_abs_diff": value}
+        if j in grown.reused:
+            row["reused"] = True  # same stored bytes, code and inputs as its counterpart: its output (reuse module)
+        rows.append(row)
     diff = max_abs_diff(ref.outputs, grown.outputs, probes, exclude, names=names)
     return Certificate(diff, rows, kl_divergence(ref.outputs, grown.outputs, probes, exclude))
 
@@ -234,6 +271,10 @@ def render(cert: Certificate, tolerance: float, limit: int = 12) -> list[str]:
         shown = rows if len(rows) <= limit else sorted(rows, key=lambda b: -b["max_abs_diff"])[:limit]
         lines.append(f"hidden state after each block ({len(rows)} blocks with a counterpart"
                      f"{'' if len(rows) <= limit else f'; {limit} largest shown'}):")
-        lines.extend(f"  block {b['block']:>3} (vs {b['counterpart']:>3}): max |Δ| = {b['max_abs_diff']:.3g}"
-                     for b in shown)
+        reused = sum(1 for b in rows if b.get("reused"))
+        if reused:
+            lines.append(f"  ({reused} of them stored as their counterpart's bytes and fed its exact inputs: "
+                         f"its output, not run again)")
+        lines.extend(f"  block {b['block']:>3} (vs {b['counterpart']:>3}{', reused' if b.get('reused') else ''}): "
+                     f"max |Δ| = {b['max_abs_diff']:.3g}" for b in shown)
     return lines

@@ -156,6 +156,30 @@ class _Files:
     def get(self, disk: DiskTensor, key: str) -> torch.Tensor:
         return self.read(disk)
 
+    def same_bytes(self, a: DiskTensor, other: "_Files", b: DiskTensor, chunk: int = 64 << 20) -> bool:
+        """Whether stored tensors ``a`` (in these files) and ``b`` (in ``other``'s) hold the same bytes, compared
+        in place on the maps a chunk at a time (nothing is copied; the pages are dropped after)."""
+        if a.dtype != b.dtype or a.shape != b.shape or a.nbytes != b.nbytes:
+            return False
+        ma, mb = self._map(a.file), other._map(b.file)
+        if a.offset + a.nbytes > len(ma) or b.offset + b.nbytes > len(mb):
+            return False
+        for start in range(0, a.nbytes, chunk):
+            n = min(chunk, a.nbytes - start)
+            wide = n // 8  # compared 8 bytes at a time (several times faster than bytes), then the rest
+            x = torch.frombuffer(ma, dtype=torch.int64, count=wide, offset=a.offset + start) if wide else None
+            y = torch.frombuffer(mb, dtype=torch.int64, count=wide, offset=b.offset + start) if wide else None
+            same = wide == 0 or torch.equal(x, y)
+            if same and n % 8:
+                rest = a.offset + start + 8 * wide, b.offset + start + 8 * wide
+                same = ma[rest[0]:rest[0] + n % 8] == mb[rest[1]:rest[1] + n % 8]
+            del x, y
+            if not same:
+                return False
+        _drop(ma, a.offset, a.nbytes)
+        _drop(mb, b.offset, b.nbytes)
+        return True
+
 
 def _drop(mm, offset: int, nbytes: int) -> None:
     """Give the mapped pages of ``[offset, offset + nbytes)`` back (whole pages inside the range only)."""
@@ -216,6 +240,19 @@ class CheckpointReader:
         if group is None or group.converter is not None or group.keys != [(name, name)]:
             return None
         return self.disk[name]
+
+    def same_bytes(self, name: str, other: "CheckpointReader", other_name: str) -> bool:
+        """Whether model tensor ``name`` here and ``other_name`` in ``other`` are stored as the same bytes (the
+        same stored tensors, part by part, for a tensor converted on load; a tied tensor by what it is tied to)."""
+        a, b = self._parts(name), other._parts(other_name)
+        return (a is not None and b is not None and len(a) == len(b)
+                and all(self._files.same_bytes(x, other._files, y) for x, y in zip(a, b)))
+
+    def _parts(self, name: str) -> list[DiskTensor] | None:
+        group = self.groups.get(name)
+        if group is None and name in self.tied:
+            group = self.groups.get(self.tied[name])
+        return None if group is None else [self.disk[key] for key, _ in group.keys]
 
     def has(self, name: str) -> bool:
         return name in self.groups or (name in self.tied and self.tied[name] in self.groups)

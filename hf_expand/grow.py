@@ -406,6 +406,7 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
     from .certificate import StreamedModel, compare
     from .checkpoint import CheckpointReader
     from .compose import Chain, layer_counterparts
+    from .reuse import Reuse
     from .streamed import check_disk, meta_model, output_layout, write_grown
 
     src, config = setup.src, setup.config
@@ -429,7 +430,7 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
         # write (in a thread: it is disk-bound) while the base runs (compute-bound)
         with Background(lambda cancelled: write_grown(tmp, layout, chain, reader, grown_meta, dtype, setup.progress,
                                                       cancelled)) as writing:
-            base_run = StreamedModel(base_meta, reader.get_float, "base").run(probes, setup.progress)
+            base_run = StreamedModel(base_meta, reader.get_float, "base").run(probes, setup.progress, record=True)
             try:  # nothing can be held to a base that computes NaN/inf
                 require_finite(base_run.outputs, probes, "the base model", "base")
             except NonFiniteOutputs as exc:
@@ -443,9 +444,12 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
         copied = _copy_side_files(setup, tmp, report)
         # verify: the folder as written, read back through the same stock classes, block by block
         written = CheckpointReader(tmp, grown_meta)
-        grown_run = StreamedModel(grown_meta, written.get_float, "grown").run(probes, setup.progress)
         ref_config = plans[ref_level - 1].new_config if ref_level else config
         counterparts = layer_counterparts(plans[ref_level:], int(ref_config.num_hidden_layers))
+        # blocks stored as the base's bytes, fed the base's inputs, give the base's outputs (see reuse module)
+        reuse = Reuse(base_run, base_meta, counterparts, lambda a, b: written.same_bytes(a, reader, b)) \
+            if ref_level == 0 else None
+        grown_run = StreamedModel(grown_meta, written.get_float, "grown").run(probes, setup.progress, reuse=reuse)
         try:
             cert = compare(ref_run, grown_run, probes, counterparts, report.excluded_outputs,
                            names=(_reference_name(report.reference), "the saved model"))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .certificate import Certificate, StreamedModel, compare
 from .errors import HfExpandError
+from .reuse import Reuse
 from .verify import Probes, make_probes
 
 
@@ -50,11 +51,13 @@ def _certificate(base, grown, probes_for, progress, meta_model):
         cls = model_class_for(auto_class_for(config), config)
         metas.append(meta_model(cls, config))
     probes = probes_for(metas[0].config)
-    for src, meta, what in zip((base, grown), metas, ("base", "grown")):
-        reader = CheckpointReader(resolve_folder(src), meta)
-        runs.append(StreamedModel(meta, reader.get_float, what).run(probes, progress))
     pairs = counterparts_from_record(Path(grown), int(metas[0].config.num_hidden_layers),
                                      int(metas[1].config.num_hidden_layers))
+    readers = [CheckpointReader(resolve_folder(src), meta) for src, meta in zip((base, grown), metas)]
+    runs.append(StreamedModel(metas[0], readers[0].get_float, "base").run(probes, progress, record=True))
+    # a grown block stored as its counterpart's bytes and fed its exact inputs gives its output (reuse module)
+    reuse = Reuse(runs[0], metas[0], pairs, lambda a, b: readers[1].same_bytes(a, readers[0], b))
+    runs.append(StreamedModel(metas[1], readers[1].get_float, "grown").run(probes, progress, reuse=reuse))
     try:
         return compare(runs[0], runs[1], probes, pairs, names=("the base model", "the grown model")), probes
     except ValueError as exc:

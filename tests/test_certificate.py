@@ -57,12 +57,31 @@ def test_intact_folder_passes_with_block_table(grown_pair, capsys):
     base, grown = grown_pair
     r = _cli(capsys, "verify", base, grown, "-q")
     assert r.returncode == 0, r.stderr
-    assert "block   3 (vs   2): max |Δ| = 0" in r.stdout  # a copied block: its counterpart is the base's block 2
-    assert "block   1 (vs   0): max |Δ| = 0" in r.stdout  # an identity block reproduces the block below it
+    # a copied block: its counterpart is the base's block 2, its bytes and inputs are the same: output reused
+    assert "block   3 (vs   2, reused): max |Δ| = 0" in r.stdout
+    assert "block   1 (vs   0): max |Δ| = 0" in r.stdout  # an identity block reproduces the block below it: it runs
     assert "within tolerance" in r.stdout and "KL" in r.stdout
-    cert = json.loads((grown / RECORD_FILE).read_text())["verification"]["certificate"]
-    assert [(b["block"], b["counterpart"]) for b in cert["blocks"]] == [(0, 0), (1, 0), (2, 1), (3, 2), (4, 2)]
-    assert all(b["max_abs_diff"] == 0 for b in cert["blocks"]) and cert["final_max_abs_diff"] == 0
+    for cert in (json.loads((grown / RECORD_FILE).read_text())["verification"]["certificate"],  # at growth
+                 _verify_record(r.stdout)):
+        assert [(b["block"], b["counterpart"]) for b in cert["blocks"]] == [(0, 0), (1, 0), (2, 1), (3, 2), (4, 2)]
+        assert all(b["max_abs_diff"] == 0 for b in cert["blocks"]) and cert["final_max_abs_diff"] == 0
+        # copies fed unchanged inputs (block 2 sits on an exact identity block) reuse; new blocks always run
+        assert [b["block"] for b in cert["blocks"] if b.get("reused")] == [0, 2, 3]
+
+
+def _verify_record(stdout: str) -> dict:
+    """The certificate rows as ``verify`` printed them (same shape as the record's)."""
+    rows = []
+    for line in stdout.splitlines():
+        if line.strip().startswith("block "):
+            head, value = line.rsplit("=", 1)
+            j, vs = int(head.split()[1]), head.split("(vs", 1)[1].split(")")[0]
+            row = {"block": j, "counterpart": int(vs.split(",")[0]), "max_abs_diff": float(value)}
+            if "reused" in vs:
+                row["reused"] = True
+            rows.append(row)
+    final = next(line for line in stdout.splitlines() if line.startswith("final outputs:"))
+    return {"blocks": rows, "final_max_abs_diff": float(final.split("=")[1].split()[0])}
 
 
 @pytest.mark.parametrize("name,index,block", [

@@ -78,8 +78,8 @@ def test_verify_one_nan_does_not_hide_the_other_differences(capsys, llama_dir, v
     grown = variant("perturbed", perturb_head)
     real = C.StreamedModel.run
 
-    def one_nan(self, probes, progress=False):  # verify runs each model block by block (certificate.StreamedModel)
-        run = real(self, probes, progress)
+    def one_nan(self, probes, progress=False, **kw):  # verify runs each model block by block (certificate.StreamedModel)
+        run = real(self, probes, progress, **kw)
         if self.what == "grown":
             run.outputs[0][1, 3, 5] = NAN  # row 1 is padded from position 8 on: position 3 is compared
         return run

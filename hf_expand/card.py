@@ -142,6 +142,9 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
                   f"({record.get('probes') or 'random ids'}): max |difference| = {_fmt(v.get('reloaded_max_abs_diff'))} "
                   f"(tolerance {_fmt(record.get('tolerance'))}, dtype {record.get('dtype', 'float32')}).",
                   *_certificate_lines(v.get("certificate")),
+                  *([f"- The architecture layout of `{record.get('model_type', 'this model')}` was inferred from "
+                     f"transformers (no hand-written data for it): the comparison above is what vouches for it."]
+                    if record.get("layout") == "inferred" else []),
                   f"- New tensor slices recorded: {len(record.get('new_slices') or {})} tensors "
                   f"(`{RECORD_FILE}`, `new_slices`).", ""]
     aug = record.get("augmentation") or training.get("augmentation")

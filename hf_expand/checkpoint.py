@@ -300,4 +300,5 @@ def resolve_folder(src: str) -> Path:
         return path
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(src, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    return Path(snapshot_download(src, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja",
+                                                         "*.tiktoken", "*.md", "LICENSE*"]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import logging
 import platform
@@ -15,7 +17,7 @@ import transformers
 from transformers.initialization import no_init_weights
 
 from . import __version__
-from .architectures import describe
+from .architectures import describe, has_family_data
 from .errors import HfExpandError, NonFiniteOutputs, PreservationError
 from .execute import execute
 from .model_io import (
@@ -176,13 +178,53 @@ def grow_model(
     :class:`PreservationError` unless ``accept_difference``. A non-preserving operation
     (``depth_upscale``) has its difference recorded instead, and the operations after it are held to
     the model it produced (``report.reference``). ``base_outputs`` (the base model's
-    ``outputs`` on ``probes``) may be passed when the caller already has them. The input model is cast to float32 in
-    place (growth maths runs in fp32); its values are not changed.
+    ``outputs`` on ``probes``) may be passed when the caller already has them.
+
+    The caller's model is left as it was (dtype, device, values, train/eval mode). The maths runs in fp32 on
+    the CPU (on an fp32 copy when the model is in another dtype or on another device); the grown model comes
+    back in the model's dtype, on its device, with its generation config and its non-persistent buffers
+    (a rotary ``inv_freq`` rounded by ``.to(bfloat16)`` stays as the base has it).
     """
     # The maths runs in fp32 whatever the model's dtype, so the in-memory check uses the fp32 tolerance;
     # rounding to the checkpoint's dtype is judged after saving (grow_checkpoint's reload check).
     tolerance = default_tolerance(torch.float32) if tolerance is None else tolerance
-    model = model.float().eval()
+    caller, was_training = model, model.training
+    dtype, device = _dtype_and_device(model)
+    if dtype != torch.float32 or device.type != "cpu":
+        model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
+    model = model.eval()
+    try:
+        grown, report = _grow_in_fp32(model, operations, seed, tolerance, probes, accept_difference, progress,
+                                      base_outputs)
+    finally:
+        caller.train(was_training)
+    if dtype != torch.float32 or device.type != "cpu":
+        grown = grown.to(device=device, dtype=dtype)
+    return grown, report
+
+
+def _dtype_and_device(model) -> tuple[torch.dtype, torch.device]:
+    """The dtype of the model's floating-point parameters (fp32 when mixed or none) and their device."""
+    params = list(model.parameters())
+    floats = {p.dtype for p in params if p.is_floating_point()}
+    dtype = floats.pop() if len(floats) == 1 else torch.float32
+    return dtype, params[0].device if params else torch.device("cpu")
+
+
+def _carry_over(base, grown) -> None:
+    """What a rebuilt model would otherwise take from its config: the base's non-persistent buffers (same name
+    and shape; a rotary ``inv_freq`` keeps the base's rounding) and its generation config."""
+    persistent = set(base.state_dict())
+    grown_buffers = dict(grown.named_buffers())
+    for name, value in base.named_buffers():
+        target = grown_buffers.get(name)
+        if name not in persistent and target is not None and target.shape == value.shape:
+            target.data = value.detach().clone().to(target.dtype)
+    if getattr(base, "generation_config", None) is not None and hasattr(grown, "generation_config"):
+        grown.generation_config = copy.deepcopy(base.generation_config)
+
+
+def _grow_in_fp32(model, operations, seed, tolerance, probes, accept_difference, progress, base_outputs):
     probes = probes or make_probes(model.config, seed=seed, vocab_limit=probe_vocab_limit(operations))
     base_out = base_outputs if base_outputs is not None else outputs(model, probes)
     try:  # nothing can be held to a base that computes NaN/inf
@@ -198,6 +240,7 @@ def grow_model(
         state = current.state_dict()
         grown_state = dict(execute(plan, state.__getitem__, seed, progress=progress))
         grown = _build(type(model), plan.new_config, grown_state)
+        _carry_over(current, grown)
         grown_out = outputs(grown, probes)
         if plan.new_outputs is not None and plan.new_outputs[0] < base_out[0].shape[-1]:
             report.excluded_outputs.append(plan.new_outputs)  # old (unused) columns given a new meaning
@@ -275,13 +318,20 @@ def grow_checkpoint(
     config = load_config(src, trust_remote_code)
     operations = with_tokenizer(operations, src, trust_remote_code)
     plans = plan_growth(config, operations)  # fail on bad input before reading any weight
+    if not has_family_data(config.model_type):
+        log.warning("no architecture data for %s: its layout is inferred from transformers (tp plan, module shapes); "
+                    "the verification of this run is what vouches for it", config.model_type)
     limit = parse_size(max_shard_size)
     setup = GrowSetup(src, out, operations, seed, tolerance, probe_texts, accept_difference, overwrite,
                       trust_remote_code, command, progress, base_model, config, limit)
-    if streamed is not False:
-        from .checkpoint import has_safetensors, resolve_folder
+    from .checkpoint import has_safetensors, resolve_folder
+    from .side_files import sentence_transformers_problem
 
-        folder = resolve_folder(src)
+    setup.folder = folder = resolve_folder(src)
+    problem = sentence_transformers_problem(folder, _hidden(config), _hidden(plans[-1].new_config if plans else config))
+    if problem:
+        raise HfExpandError(problem)
+    if streamed is not False:
         if has_safetensors(folder):
             from .streamed import bounded_heap
 
@@ -290,6 +340,11 @@ def grow_checkpoint(
         setup.fallback = (f"{src} has no safetensors weights (only pickled .bin files): growing in memory, which holds "
                           f"the whole model in fp32 about three times; convert it to safetensors to stream it")
     return _grow_in_memory(setup)
+
+
+def _hidden(config) -> int | None:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "hidden_size", None)
 
 
 @dataclass
@@ -310,6 +365,7 @@ class GrowSetup:
     base_model: str | None
     config: Any
     max_shard_size: int
+    folder: Path | None = None  # the source's files (a Hub id's snapshot), for the non-weight files
     fallback: str = ""  # why the in-memory path is taken (said once the weights have loaded)
 
     def probes(self) -> Probes:
@@ -370,11 +426,20 @@ def _check_final(report: GrowthReport, accept_difference: bool, cert=None) -> No
 
 
 def _copy_side_files(setup: GrowSetup, tmp: Path, report: GrowthReport) -> list[str]:
+    """Every non-weight file of the source (side_files module), then its tokenizer and generation config."""
+    from .model_io import TOKENIZER_FILES
+    from .side_files import copy_side_files
+
+    files, notes = copy_side_files(setup.folder, tmp) if setup.folder is not None else ([], [])
+    for note in notes:
+        log.warning("not copied: %s", note)
     copied = copy_tokenizer_and_generation_config(setup.src, tmp, setup.trust_remote_code)
     if report.tokenizer is not None:
+        for name in (*TOKENIZER_FILES, "added_tokens.json"):  # the source's vocabulary files are stale now
+            (tmp / name).unlink(missing_ok=True)
         report.tokenizer.save_pretrained(tmp)  # the grown tokenizer replaces the copied one
         copied = sorted(set(copied) | {"tokenizer"})
-    return copied
+    return sorted(set(copied) | set(files))
 
 
 def _write_record(setup: GrowSetup, tmp: Path, report: GrowthReport, auto_class: str, dtype, copied: list[str],
@@ -391,6 +456,8 @@ def _write_record(setup: GrowSetup, tmp: Path, report: GrowthReport, auto_class:
         command=setup.command,
     )
     record["streamed"] = streamed
+    record["model_type"] = setup.config.model_type
+    record["layout"] = "data" if has_family_data(setup.config.model_type) else "inferred"
     record["license"] = base_license(src)
     parent = (read_growth_record(src) if Path(src).is_dir() else None) or {}
     record.update(inherit_lineage(parent))  # growing a pushed grown folder: that repo is the parent

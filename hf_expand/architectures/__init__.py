@@ -98,6 +98,7 @@ class FamilyData:
     norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (offset + weight)
     embed_scale: str | None = None  # "sqrt_hidden": embeddings are multiplied by sqrt(hidden_size)
     hidden_sized_fields: tuple[str, ...] = ()  # other config fields equal to the hidden size (OPT's word_embed_proj_dim)
+    inferred: bool = False  # no data file: read off transformers (architectures.infer), trusted because verified
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,11 @@ class ModelLayout:
 
 def known_families() -> list[str]:
     return sorted(p.stem for p in DATA_DIR.glob("*.json"))
+
+
+def has_family_data(model_type: str) -> bool:
+    """Whether ``model_type`` has a data file (else its layout is inferred, see :mod:`.infer`)."""
+    return (DATA_DIR / f"{model_type}.json").is_file()
 
 
 @lru_cache(maxsize=None)
@@ -183,13 +189,27 @@ def roles_from_tp_plan(config) -> tuple[dict[str, str], dict[str, int]]:
         if ".*." not in pattern:
             continue
         rel = pattern.split(".*.", 1)[1]
-        if style.startswith("packed_colwise"):
+        if style in ("packed_colwise",):
             roles[rel], packed[rel] = "in", 2
-        elif style.startswith("colwise"):
+        elif style in ("colwise", "colwise_gather_output", "colwise_rep", "local_colwise"):
             roles[rel] = "in"
-        elif style.startswith("rowwise"):
+        elif style in ("rowwise", "rowwise_split_input", "rowwise_rep", "local_rowwise"):
             roles[rel] = "out"
+        elif style not in TP_STYLES_WITHOUT_ROLE:
+            raise UnsupportedArchitecture(
+                f"{config.model_type}'s tp plan shards {pattern} as {style!r}, a style hf-expand does not know, so "
+                f"it cannot tell which space that tensor writes; add hf_expand/architectures/data/"
+                f"{config.model_type}.json with its roles, or report this")
     return roles, packed
+
+
+# tp-plan styles that say how to communicate, not which space a tensor writes: MoE expert dispatch (the
+# families' data files give expert roles), replicated or local tensors, embeddings, MLA's latent projection
+TP_STYLES_WITHOUT_ROLE = frozenset({
+    "grouped_gemm", "ep_dispatch_experts", "moe_tp_experts", "moe_identity_expert", "ep_router", "replicated_with_grad_allreduce",
+    "local_params", "all_reduce", "gather", "replicate", "local", "sequence_parallel", "embedding_rowwise",
+    "embedding_colwise", "mla_kv_a_proj", "packed_rowwise",
+})
 
 
 def size_problem(config) -> str | None:
@@ -252,12 +272,17 @@ def _match(rel: str, table: Mapping[str, Any]) -> str | None:
 
 def describe(config, model_cls=None) -> ModelLayout:
     """Build the :class:`ModelLayout` of ``config`` from a meta-device model (of ``model_cls`` if given)."""
-    family = family_data(config.model_type)
     model = meta_model(config, model_cls)
     num_layers = int(config.num_hidden_layers)
     prefix = _find_block_list(model, num_layers)
 
     roles, packed = roles_from_tp_plan(config)
+    if has_family_data(config.model_type):
+        family = family_data(config.model_type)
+    else:
+        from .infer import infer_family
+
+        family = infer_family(config, model, prefix, roles, packed)
     roles.update(family.roles)
     packed.update(family.packed)
     transposed = {
@@ -357,6 +382,8 @@ def ffn_size(config, group: FfnGroup) -> int:
 
 def check_refusals(config, op: str) -> None:
     """Raise when the family's data says ``op`` cannot be applied to this config (and why)."""
+    if not has_family_data(config.model_type):
+        return  # an inferred layout refuses nothing up front: verification judges the result
     for r in family_data(config.model_type).refuse:
         if r.op != op:
             continue

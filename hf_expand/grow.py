@@ -218,7 +218,11 @@ def _carry_over(base, grown) -> None:
     grown_buffers = dict(grown.named_buffers())
     for name, value in base.named_buffers():
         target = grown_buffers.get(name)
-        if name not in persistent and target is not None and target.shape == value.shape:
+        if name in persistent or target is None or target.shape != value.shape or not target.is_floating_point():
+            continue
+        # the same buffer up to the base's rounding (bf16: 4e-3 relative): take the base's bits. A value growth
+        # changes on purpose (Gemma's embedding scale sqrt(hidden) after widen_hidden) stays the grown model's.
+        if torch.allclose(target.float(), value.float(), rtol=1e-2, atol=0.0):
             target.data = value.detach().clone().to(target.dtype)
     if getattr(base, "generation_config", None) is not None and hasattr(grown, "generation_config"):
         grown.generation_config = copy.deepcopy(base.generation_config)

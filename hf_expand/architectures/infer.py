@@ -28,7 +28,8 @@ def infer_family(config, model: nn.Module, blocks_prefix: str, roles: dict[str, 
     from . import FamilyData, FfnGroup
 
     kind = config.model_type
-    where = f"add hf_expand/architectures/data/{kind}.json (see docs/DEVELOPING.md, 'Architecture data')"
+    where = (f"add hf_expand/architectures/data/{kind}.json (the files beside it are examples; the module doc of "
+             f"hf_expand/architectures says what each key means)")
     if not roles:
         raise UnsupportedArchitecture(
             f"no architecture data for model_type '{kind}', and none can be inferred: its config has no "

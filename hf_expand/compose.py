@@ -26,6 +26,10 @@ class Chain:
         self.seed = seed
         self.levels = [{s.target: s for s in p.steps} for p in plans]
 
+    def has_step(self, name: str) -> bool:
+        """Whether the last plan lists ``name`` (every parameter; persistent buffers are not listed)."""
+        return not self.plans or name in self.levels[-1]
+
     def step(self, name: str, level: int) -> TensorStep:
         return self.levels[level - 1][name]
 

@@ -17,7 +17,7 @@ import transformers
 from transformers.initialization import no_init_weights
 
 from . import __version__
-from .architectures import describe, has_family_data
+from .architectures import describe, layout_is_inferred
 from .errors import HfExpandError, NonFiniteOutputs, PreservationError
 from .execute import execute
 from .model_io import (
@@ -322,7 +322,7 @@ def grow_checkpoint(
     config = load_config(src, trust_remote_code)
     operations = with_tokenizer(operations, src, trust_remote_code)
     plans = plan_growth(config, operations)  # fail on bad input before reading any weight
-    if not has_family_data(config.model_type):
+    if layout_is_inferred(config.model_type):
         log.warning("no architecture data for %s: its layout is inferred from transformers (tp plan, module shapes); "
                     "the verification of this run is what vouches for it", config.model_type)
     limit = parse_size(max_shard_size)
@@ -461,7 +461,7 @@ def _write_record(setup: GrowSetup, tmp: Path, report: GrowthReport, auto_class:
     )
     record["streamed"] = streamed
     record["model_type"] = setup.config.model_type
-    record["layout"] = "data" if has_family_data(setup.config.model_type) else "inferred"
+    record["layout"] = "inferred" if layout_is_inferred(setup.config.model_type) else "data"
     record["license"] = base_license(src)
     parent = (read_growth_record(src) if Path(src).is_dir() else None) or {}
     record.update(inherit_lineage(parent))  # growing a pushed grown folder: that repo is the parent

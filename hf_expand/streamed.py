@@ -153,6 +153,16 @@ def write_grown(folder: Path, layout: Layout, chain, reader, grown_meta, dtype: 
         if cancelled():
             raise HfExpandError("writing was cancelled")
         names = layout.units[unit]
+        if unit in buffers and not chain.has_step(unit):
+            # a persistent buffer no plan lists (xIELU's beta and eps in apertus's blocks): the grown model's
+            # own value, computed from its config at init, as the in-memory path's rebuilt model has it
+            value = state[unit]
+            if value.device.type == "meta":
+                raise HfExpandError(f"the grown model's buffer {unit} has no value; please report this")
+            stored = revert({unit: value.to(out_dtype(value.dtype, dtype))})
+            for name in names:
+                yield name, stored[name].contiguous()
+            return
         base = chain.base_name(unit)
         disk = reader.stored(base) if base is not None else None
         if disk is not None and len(names) == 1 and by_name[names[0]].shape == disk.shape \

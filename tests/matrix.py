@@ -199,3 +199,55 @@ def unsupported_reason(family: str, case: str) -> str | None:
     except UnsupportedArchitecture as exc:
         return str(exc)
     return None
+
+
+# Families beyond the full matrix (issue 16): each is grown by widen_ffn and by add_layers through the
+# checkpoint path (tests/test_more_families.py); most have no data file and use an inferred layout.
+# Sizes: hidden 64, FFN 88, 4 heads of 24 (q width 96) where the family takes head_dim, vocab 99, 64 positions.
+MORE_COMMON = dict(hidden_size=64, intermediate_size=88, num_hidden_layers=3, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=24, vocab_size=99, max_position_embeddings=64,
+                   pad_token_id=0, bos_token_id=1, eos_token_id=2)
+MORE_FAMILY_CONFIGS = {
+    "granite": {}, "olmo": {}, "phi": {}, "cohere": {}, "cohere2": {}, "smollm3": {}, "exaone4": {},
+    "ernie4_5": {}, "seed_oss": {}, "apertus": {}, "arcee": {}, "glm": {}, "glm4": {}, "stablelm": {},
+    "olmoe": {"num_experts": 4, "num_experts_per_tok": 2},
+    "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 40},
+    "minimax": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "gptj": {"n_embd": 64, "n_layer": 3, "n_head": 4, "n_inner": 88, "n_positions": 64, "rotary_dim": 8},
+    "gpt_bigcode": {"n_embd": 64, "n_layer": 3, "n_head": 4, "n_inner": 88, "n_positions": 64},
+    "falcon": {"ffn_hidden_size": 88, "num_kv_heads": 4},
+    "bloom": {},
+    "mpt": {"d_model": 64, "n_heads": 4, "n_layers": 3, "expansion_ratio": 2, "max_seq_len": 64},
+    "xlm-roberta": {"pad_token_id": 1, "max_position_embeddings": 66},
+    "electra": {"embedding_size": 64},
+}
+MORE_ENCODERS = {"xlm-roberta", "electra"}
+
+
+def more_tiny_config(family: str):
+    from transformers import AutoConfig
+    from transformers.models.auto import modeling_auto
+
+    defaults = AutoConfig.for_model(family)
+    cls = type(defaults)
+    kw = {k: v for k, v in MORE_COMMON.items()
+          if (hasattr(defaults, k) or k in getattr(defaults, "attribute_map", {}))
+          and not isinstance(getattr(cls, k, None), property)}
+    config = AutoConfig.for_model(family, **{**kw, **MORE_FAMILY_CONFIGS[family]})
+    mapping = (modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES if family in MORE_ENCODERS
+               else modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    config.architectures = [mapping[family]]
+    return config
+
+
+def more_tiny_model(family: str, seed: int = 0):
+    from hf_expand.model_io import auto_class_for
+
+    torch.manual_seed(seed)
+    config = more_tiny_config(family)
+    model = auto_class_for(config).from_config(config)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()

@@ -39,7 +39,7 @@ _SIZE_NAMES = {"n_embd", "n_inner", "d_model", "dim", "hidden_dim", "ffn_dim", "
 
 _ALLOWED_KEYS = {
     "ffn", "roles", "packed", "post_norm", "refuse", "layer_index_fields", "layer_threshold_fields", "comment",
-    "qkv_sections", "head_norms", "norm_offset", "embed_scale", "hidden_sized_fields",
+    "qkv_sections", "head_norms", "norm_offset", "embed_scale", "hidden_sized_fields", "infer",
 }
 
 
@@ -146,6 +146,11 @@ def has_family_data(model_type: str) -> bool:
     return (DATA_DIR / f"{model_type}.json").is_file()
 
 
+def layout_is_inferred(model_type: str) -> bool:
+    """No data file, or one with ``"infer": true`` (the layout is inferred; the file only adds refusals)."""
+    return not has_family_data(model_type) or family_data(model_type).inferred
+
+
 @lru_cache(maxsize=None)
 def family_data(model_type: str) -> FamilyData:
     path = DATA_DIR / f"{model_type}.json"
@@ -161,7 +166,7 @@ def family_data(model_type: str) -> FamilyData:
     post = raw.get("post_norm")
     return FamilyData(
         model_type=model_type,
-        ffn=tuple(FfnGroup(**g) for g in raw["ffn"]),
+        ffn=tuple(FfnGroup(**g) for g in raw.get("ffn", [])),
         roles=dict(raw.get("roles", {})),
         packed=dict(raw.get("packed", {})),
         post_norm=PostNorm(tuple(post["branch_norms"]), post["final_norm"], post["embed_norm"]) if post else None,
@@ -173,6 +178,7 @@ def family_data(model_type: str) -> FamilyData:
         norm_offset=float(raw.get("norm_offset", 0.0)),
         embed_scale=raw.get("embed_scale"),
         hidden_sized_fields=tuple(raw.get("hidden_sized_fields", [])),
+        inferred=bool(raw.get("infer", False)),
     )
 
 
@@ -277,12 +283,14 @@ def describe(config, model_cls=None) -> ModelLayout:
     prefix = _find_block_list(model, num_layers)
 
     roles, packed = roles_from_tp_plan(config)
-    if has_family_data(config.model_type):
-        family = family_data(config.model_type)
-    else:
+    family = family_data(config.model_type) if has_family_data(config.model_type) else None
+    if family is None or family.inferred:  # no data file, or one that adds to the inference ("infer": true)
+        from dataclasses import replace
+
         from .infer import infer_family
 
-        family = infer_family(config, model, prefix, roles, packed)
+        inferred = infer_family(config, model, prefix, roles, packed)
+        family = inferred if family is None else replace(inferred, refuse=family.refuse)
     roles.update(family.roles)
     packed.update(family.packed)
     transposed = {
@@ -383,7 +391,7 @@ def ffn_size(config, group: FfnGroup) -> int:
 def check_refusals(config, op: str) -> None:
     """Raise when the family's data says ``op`` cannot be applied to this config (and why)."""
     if not has_family_data(config.model_type):
-        return  # an inferred layout refuses nothing up front: verification judges the result
+        return  # an inferred layout without a data file refuses nothing up front: verification judges the result
     for r in family_data(config.model_type).refuse:
         if r.op != op:
             continue

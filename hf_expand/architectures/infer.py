@@ -68,8 +68,11 @@ def infer_family(config, model: nn.Module, blocks_prefix: str, roles: dict[str, 
                                       f"read off its first block; {where}")
     return FamilyData(
         model_type=kind, ffn=tuple(ffn), roles={}, packed=fused, post_norm=None, refuse=(),
+        # lists of layer indices (mlp_only_layers); a list with one entry per layer (no_rope_layers) is a
+        # per-layer list, which the stack operations already follow
         layer_index_fields=tuple(k for k, v in vars(text).items()
-                                 if k.endswith("_layers") and isinstance(v, list) and all(isinstance(i, int) for i in v)),
+                                 if k.endswith("_layers") and isinstance(v, list) and len(v) != len(blocks)
+                                 and all(isinstance(i, int) and not isinstance(i, bool) for i in v)),
         layer_threshold_fields=tuple(k for k in ("max_window_layers",) if isinstance(getattr(text, k, None), int)),
         head_norms=_final_norm(model, blocks_prefix),
         inferred=True,

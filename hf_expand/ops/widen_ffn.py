@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..architectures import ModelLayout, ffn_size
+from ..architectures import check_refusals, ModelLayout, ffn_size
 from ..errors import HfExpandError, UnsupportedArchitecture
 from ..plan import Grow, Plan, TensorStep
 from . import register
@@ -81,6 +81,7 @@ class WidenFFN:
         return out
 
     def plan(self, config, layout: ModelLayout) -> Plan:
+        check_refusals(config, self.name)
         targets = self.targets(config, layout)
         steps, new_slices, modified = [], {}, {}
         for p in layout.params.values():

@@ -43,7 +43,36 @@ def generate() -> str:
         rows.append(f"| {family} | " + " | ".join(cells) + " |")
     lines = ["| family | " + " | ".join(f"`{op}`" for op in ops) + " |", "| --- |" + " :-: |" * len(ops), *rows, ""]
     lines += [f"- ({i}) {why}" for i, why in enumerate(reasons, 1)]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *more_families(reasons)])
+
+
+def more_families(reasons: list[str]) -> list[str]:
+    """The families beyond the full matrix: widen_ffn and add_layers, each grown by tests/test_more_families.py,
+    and whether the layout comes from a data file or is inferred from transformers."""
+    from matrix import MORE_FAMILY_CONFIGS, MORE_OPERATIONS, more_unsupported_reason
+
+    from hf_expand.architectures import layout_is_inferred
+
+    first = len(reasons)
+    rows = []
+    for family in MORE_FAMILY_CONFIGS:
+        cells = []
+        for op in MORE_OPERATIONS:
+            reason = more_unsupported_reason(family, op)
+            if reason is None:
+                cells.append("✓")
+                continue
+            why = re.sub(r"^\S+ is not supported for [^:]+: ", "", reason)
+            if why not in reasons:
+                reasons.append(why)
+            cells.append(f"✗ ({reasons.index(why) + 1})")
+        layout = "inferred" if layout_is_inferred(family) else "data file"
+        rows.append(f"| {family} | {layout} | " + " | ".join(cells) + " |")
+    lines = [f"Families beyond the full matrix ({len(rows)}; the other operations are not tested for them yet):", "",
+             "| family | layout | " + " | ".join(f"`{op}`" for op in MORE_OPERATIONS) + " |",
+             "| --- | --- |" + " :-: |" * len(MORE_OPERATIONS), *rows, ""]
+    lines += [f"- ({i}) {why}" for i, why in enumerate(reasons, 1) if i > first]
+    return lines
 
 
 def readme_block(text: str) -> str | None:

@@ -11,7 +11,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(2)
+# two pytest-xdist workers on two cores: one torch thread each (tiny models gain nothing from more)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 from matrix import (  # noqa: E402,F401  (the matrix lives in a plain module: scripts import it too)
     COMMON, ENCODERS, FAMILY_CONFIGS, NO_GQA, POST_NORM, tiny_classifier, tiny_config, tiny_model, tiny_tokenizer,

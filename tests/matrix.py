@@ -251,3 +251,23 @@ def more_tiny_model(family: str, seed: int = 0):
             if p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     return model.eval()
+
+
+MORE_OPERATIONS = ("widen_ffn", "add_layers")
+
+
+def more_operations(op: str):
+    from hf_expand import AddLayers, WidenFFN
+
+    return {"widen_ffn": [WidenFFN(factor=1.5)], "add_layers": [AddLayers(count=2)]}[op]
+
+
+def more_unsupported_reason(family: str, op: str) -> str | None:
+    """Why ``op`` cannot apply to the tiny model of a family beyond the full matrix (planning only), or None."""
+    from hf_expand import UnsupportedArchitecture, plan_growth
+
+    try:
+        plan_growth(more_tiny_config(family), more_operations(op))
+    except UnsupportedArchitecture as exc:
+        return str(exc)
+    return None

@@ -10,7 +10,7 @@ import pytest
 
 from hf_expand import AddLayers, UnsupportedArchitecture, WidenFFN, grow_checkpoint
 from hf_expand.architectures import layout_is_inferred
-from tests.matrix import FAMILY_CONFIGS, MORE_FAMILY_CONFIGS, more_tiny_model
+from tests.matrix import FAMILY_CONFIGS, MORE_FAMILY_CONFIGS, more_tiny_model, more_unsupported_reason
 
 FAMILIES = sorted(MORE_FAMILY_CONFIGS)
 OPS = {"widen_ffn": lambda: [WidenFFN(factor=1.5)], "add_layers": lambda: [AddLayers(count=2)]}
@@ -22,6 +22,12 @@ REFUSED = {("bloom", "widen_ffn"): "FFN width is fixed at 4 x hidden_size",
 
 def test_more_families_are_new_and_many():
     assert len(FAMILIES) >= 24 and not set(FAMILIES) & set(FAMILY_CONFIGS)
+
+
+def test_refused_cells_are_the_ones_planning_refuses():
+    """The README table (planning) and these tests (growing) agree on which cells are refused."""
+    refused = {(f, op) for f in FAMILIES for op in OPS if more_unsupported_reason(f, op) is not None}
+    assert refused == set(REFUSED)
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,9 @@ class StreamedModel:
         # fp32 buffers reused by every block (same shapes): no page faults and no heap growth per block
         self.pool: dict = {}
         self.what = what
-        self.num_layers = int(config.num_hidden_layers)
+        from .multimodal import text_of
+
+        self.num_layers = int(text_of(config).num_hidden_layers)
         self.blocks_name, self.blocks = _block_list(self.model, self.num_layers)
         self.units = _units(self.model, self.blocks_name)
         self.bar = None

@@ -128,20 +128,28 @@ def _reference_name(reference: str) -> str:
     return "the base model" if reference == "base" else reference
 
 
-def plan_growth(config, operations: Sequence) -> list[Plan]:
-    """Plans for ``operations`` applied in order to ``config``; reads no weights (used by ``--dry-run``)."""
+def plan_growth(config, operations: Sequence, model_cls=None) -> list[Plan]:
+    """Plans for ``operations`` applied in order to ``config``; reads no weights (used by ``--dry-run``).
+    A multimodal wrapper's plans are its text model's, lifted onto it (see :mod:`hf_expand.multimodal`)."""
+    from .multimodal import TextTower, is_wrapper
+
+    if is_wrapper(config):
+        return TextTower(config, model_cls).plans(operations)
     plans = []
     for op in sort_operations(operations):
-        plan = op.plan(config, describe(config))
+        plan = op.plan(config, describe(config, model_cls))
         plans.append(plan)
         config = plan.new_config
     return plans
 
 
 def render_plans(config, plans: list[Plan], verbose: bool = True) -> str:
+    from .multimodal import is_wrapper
+
     lines = []
     for plan, before in zip(plans, [config] + [p.new_config for p in plans[:-1]]):
-        n0, n1 = param_count(describe(before)), param_count(describe(plan.new_config))
+        n0, n1 = (meta_model_for_count(auto_class_for(c), c) if is_wrapper(c) else param_count(describe(c))
+                  for c in (before, plan.new_config))
         lines.append(plan.render(verbose))
         lines.append(f"  parameters: {n0:,} -> {n1:,}")
     return "\n".join(lines)
@@ -239,8 +247,7 @@ def _grow_in_fp32(model, operations, seed, tolerance, probes, accept_difference,
     ref_out = base_out  # what the next operation must reproduce
     current = model
     for op in sort_operations(operations):
-        layout = describe(current.config, type(model))
-        plan = op.plan(current.config, layout)
+        plan, = plan_growth(current.config, [op], type(model))
         state = current.state_dict()
         grown_state = dict(execute(plan, state.__getitem__, seed, progress=progress))
         grown = _build(type(model), plan.new_config, grown_state)
@@ -322,9 +329,11 @@ def grow_checkpoint(
     config = load_config(src, trust_remote_code)
     operations = with_tokenizer(operations, src, trust_remote_code)
     plans = plan_growth(config, operations)  # fail on bad input before reading any weight
-    if layout_is_inferred(config.model_type):
+    from .multimodal import text_of
+
+    if layout_is_inferred(text_of(config).model_type):
         log.warning("no architecture data for %s: its layout is inferred from transformers (tp plan, module shapes); "
-                    "the verification of this run is what vouches for it", config.model_type)
+                    "the verification of this run is what vouches for it", text_of(config).model_type)
     limit = parse_size(max_shard_size)
     setup = GrowSetup(src, out, operations, seed, tolerance, probe_texts, accept_difference, overwrite,
                       trust_remote_code, command, progress, base_model, config, limit)
@@ -460,8 +469,10 @@ def _write_record(setup: GrowSetup, tmp: Path, report: GrowthReport, auto_class:
         command=setup.command,
     )
     record["streamed"] = streamed
+    from .multimodal import text_of
+
     record["model_type"] = setup.config.model_type
-    record["layout"] = "inferred" if layout_is_inferred(setup.config.model_type) else "data"
+    record["layout"] = "inferred" if layout_is_inferred(text_of(setup.config).model_type) else "data"
     record["license"] = base_license(src)
     parent = (read_growth_record(src) if Path(src).is_dir() else None) or {}
     record.update(inherit_lineage(parent))  # growing a pushed grown folder: that repo is the parent
@@ -516,7 +527,9 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
         # verify: the folder as written, read back through the same stock classes, block by block
         written = CheckpointReader(tmp, grown_meta)
         ref_config = plans[ref_level - 1].new_config if ref_level else config
-        counterparts = layer_counterparts(plans[ref_level:], int(ref_config.num_hidden_layers))
+        from .multimodal import text_of
+
+        counterparts = layer_counterparts(plans[ref_level:], int(text_of(ref_config).num_hidden_layers))
         # blocks stored as the base's bytes, fed the base's inputs, give the base's outputs (see reuse module)
         reuse = Reuse(base_run, base_meta, counterparts, lambda a, b: written.same_bytes(a, reader, b)) \
             if ref_level == 0 else None

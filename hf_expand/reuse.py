@@ -53,7 +53,9 @@ class Reuse:
     def ref_blocks_name(self) -> str:
         from .certificate import _block_list
 
-        return _block_list(self.ref_model, int(self.ref_model.config.num_hidden_layers))[0]
+        from .multimodal import text_of
+
+        return _block_list(self.ref_model, int(text_of(self.ref_model.config).num_hidden_layers))[0]
 
 
 def reusable_blocks(reuse: Reuse, model: nn.Module, blocks_name: str) -> dict[int, int]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .errors import HfExpandError
+from .multimodal import text_of
 
 log = logging.getLogger(__name__)
 
@@ -239,10 +240,10 @@ def predict(base_meta, grown_meta, plans, dtype: torch.dtype, max_shard_size: in
     verify_peak = 0
     for model in (base_meta, grown_meta):
         cfg = model.config
-        layers = int(cfg.num_hidden_layers)
+        layers = int(text_of(cfg).num_hidden_layers)
         block, other = _unit_sizes(model, _find_block_list(model, layers))
         hidden = int(getattr(cfg, "hidden_size", 0) or 0)
-        vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+        vocab = int(getattr(text_of(cfg), "vocab_size", 0) or 0)
         acts = probe_tokens * 4 * (hidden * (2 * layers + 8) + vocab * 3)
         verify_peak = max(verify_peak, max(block, other) * 4 + acts)
     return {

@@ -40,8 +40,12 @@ def make_probes(config, tokenizer=None, texts: list[str] | None = None, seed: in
 
     ``vocab_limit`` keeps probes to the ids a tokenizer can produce when a padded vocabulary's unused
     rows are about to be reused for new tokens."""
+    from .multimodal import probe_limit, text_of
+
     g = torch.Generator().manual_seed(seed)
-    vocab = min(int(config.vocab_size), vocab_limit or int(config.vocab_size))
+    wrapper, config = config, text_of(config)  # a multimodal wrapper: text-only probes below its special tokens
+    limits = [x for x in (vocab_limit, probe_limit(wrapper)) if x]
+    vocab = min(int(config.vocab_size), *limits) if limits else int(config.vocab_size)
     max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 512
     length = min(length, int(max_pos) - 2)
     ids = torch.randint(0, vocab, (3, length), generator=g)

@@ -11,6 +11,16 @@ Architectures are data, not classes. For a config we combine
   roles of modules the tp plan does not list, fused (packed) projections, post-norm blocks, and
   growth that a family's config cannot express.
 
+A family with no data file has its layout inferred from transformers (:mod:`.infer`); the result is
+trusted only because every growth is verified. A data file with ``"infer": true`` keeps the inference and
+adds refusals.
+
+Data file keys (see :class:`FamilyData`): ``ffn`` (FFN spaces: the sizing ``field`` and a module ``prefix``
+or ``modules`` list), ``roles`` (``in``: writes a space, ``out``: reads it back into the residual stream),
+``packed`` (stacked projections), ``qkv_sections``, ``post_norm``, ``head_norms``, ``norm_offset``,
+``embed_scale``, ``hidden_sized_fields``, ``layer_index_fields``, ``layer_threshold_fields``, ``refuse``
+(``op``, optional ``field`` and ``allowed`` values, ``why``), ``infer``, ``comment``.
+
 ``describe(config)`` returns a :class:`ModelLayout` listing every parameter with its layer index,
 role and grow axis. Growth operations read only this layout, never model classes.
 """

@@ -213,6 +213,8 @@ MORE_FAMILY_CONFIGS = {
     "olmoe": {"num_experts": 4, "num_experts_per_tok": 2},
     "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 40},
     "minimax": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "granitemoe": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "hunyuan_v1_dense": {},
     "gptj": {"n_embd": 64, "n_layer": 3, "n_head": 4, "n_inner": 88, "n_positions": 64, "rotary_dim": 8},
     "gpt_bigcode": {"n_embd": 64, "n_layer": 3, "n_head": 4, "n_inner": 88, "n_positions": 64},
     "falcon": {"ffn_hidden_size": 88, "num_kv_heads": 4},

@@ -300,7 +300,9 @@ def describe(config, model_cls=None) -> ModelLayout:
         from .infer import infer_family
 
         inferred = infer_family(config, model, prefix, roles, packed)
-        family = inferred if family is None else replace(inferred, refuse=family.refuse)
+        family = inferred if family is None else replace(  # the file adds refusals and roles the tp plan lacks
+            inferred, refuse=family.refuse, roles={**inferred.roles, **family.roles},
+            packed={**inferred.packed, **family.packed})
     roles.update(family.roles)
     packed.update(family.packed)
     transposed = {

@@ -93,3 +93,16 @@ def test_wrong_layout_is_caught_by_verification(data_dir, tiny_checkpoints, tmp_
     code = main(["grow", str(tiny_checkpoints("llama")), "--out", str(tmp_path / "out"), "--widen-hidden", "2", "-q"])
     assert code == 1
     assert_nothing_written(tmp_path)
+
+
+def test_longrope_add_heads_names_the_real_cause():
+    """phi3 with longrope: the refusal says the factor lists are per head dimension, not transformers' raw text."""
+    from hf_expand import AddHeads, plan_growth
+    from hf_expand.errors import HfExpandError
+
+    config = tiny_config("phi3")
+    half = config.hidden_size // config.num_attention_heads // 2
+    config.rope_parameters = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * half,
+                              "long_factor": [2.0] * half, "original_max_position_embeddings": 32}
+    with pytest.raises(HfExpandError, match="longrope's short_factor/long_factor lists are per head dimension"):
+        plan_growth(config, [AddHeads(count=2)])

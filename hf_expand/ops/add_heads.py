@@ -57,7 +57,14 @@ class AddHeads:
         try:
             validated(self._new_config(config, count), "")
         except HfExpandError as exc:
-            return str(exc).split("(", 1)[-1].rstrip(")")
+            raw = str(exc).split("(", 1)[-1].rstrip(")")
+            rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+            if isinstance(rope, dict) and rope.get("rope_type") == "longrope":
+                factors = len(rope.get("short_factor") or ())
+                return (f"longrope's short_factor/long_factor lists are per head dimension ({factors} entries for "
+                        f"head_dim {hd}), and transformers re-checks them against the grown attention ({n + count} "
+                        f"heads), which fails ({raw}); no kv mode can change that")
+            return raw
         return None
 
     def valid_counts(self, config, limit: int = 6) -> list[int]:

@@ -18,7 +18,7 @@ from transformers.initialization import no_init_weights
 
 from . import __version__
 from .architectures import describe, layout_is_inferred
-from .errors import HfExpandError, NonFiniteOutputs, PreservationError
+from .errors import HfExpandError, NonFiniteOutputs, PreservationError, UnsupportedArchitecture
 from .execute import execute
 from .model_io import (
     atomic_output_dir,
@@ -137,10 +137,31 @@ def plan_growth(config, operations: Sequence, model_cls=None) -> list[Plan]:
         return TextTower(config, model_cls).plans(operations)
     plans = []
     for op in sort_operations(operations):
-        plan = op.plan(config, describe(config, model_cls))
+        layout = describe(config, model_cls)
+        plan = op.plan(config, layout)
+        if layout.family.inferred:
+            _check_plan_fits(plan, layout)
         plans.append(plan)
         config = plan.new_config
     return plans
+
+
+def _check_plan_fits(plan: Plan, layout) -> None:
+    """An inferred layout's plan must produce exactly the tensors, and shapes, that the model class builds for
+    the grown config (a hybrid block whose kind depends on its index, an FFN size another field also sets):
+    refused in one line before any weight is read."""
+    from .architectures import meta_model
+
+    meta = {n: tuple(p.shape) for n, p in meta_model(plan.new_config, layout.model_cls).named_parameters()}
+    made = {s.target: tuple(s.shape_after) for s in plan.steps}
+    wrong = next(((n, made.get(n), shape) for n, shape in meta.items() if made.get(n) != shape), None)
+    if wrong is not None:
+        name, planned, built = wrong
+        what = "no tensor" if planned is None else f"shape {list(planned)}"
+        raise UnsupportedArchitecture(
+            f"{plan.op} is not supported for {layout.model_type} with a layout inferred from transformers: the plan gives "
+            f"{name} {what}, the grown {layout.model_cls.__name__} has {list(built)}; add "
+            f"hf_expand/architectures/data/{layout.model_type}.json to describe it (or refuse {plan.op} there)")
 
 
 def render_plans(config, plans: list[Plan], verbose: bool = True) -> str:

@@ -215,6 +215,8 @@ MORE_FAMILY_CONFIGS = {
     "minimax": {"num_local_experts": 4, "num_experts_per_tok": 2},
     "granitemoe": {"num_local_experts": 4, "num_experts_per_tok": 2},
     "hunyuan_v1_dense": {},
+    "jamba": {"num_experts": 4, "num_experts_per_tok": 2, "mamba_d_state": 8, "mamba_dt_rank": 8,
+              "use_mamba_kernels": False},
     "gptj": {"n_embd": 64, "n_layer": 3, "n_head": 4, "n_inner": 88, "n_positions": 64, "rotary_dim": 8},
     "gpt_bigcode": {"n_embd": 64, "n_layer": 3, "n_head": 4, "n_inner": 88, "n_positions": 64},
     "falcon": {"ffn_hidden_size": 88, "num_kv_heads": 4},

@@ -106,3 +106,22 @@ def test_longrope_add_heads_names_the_real_cause():
                               "long_factor": [2.0] * half, "original_max_position_embeddings": 32}
     with pytest.raises(HfExpandError, match="longrope's short_factor/long_factor lists are per head dimension"):
         plan_growth(config, [AddHeads(count=2)])
+
+
+def test_plan_that_does_not_fit_the_grown_model_is_refused_in_one_line(data_dir, tmp_path):
+    """Without jamba.json the tp plan names only the experts: the dense FFN would stay narrow while the config
+    grows. Planning compares the plan with the model the grown config builds, and refuses (exit 2, nothing
+    written) before any weight is read."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hf_expand.cli import main
+    from tests.matrix import more_tiny_config
+
+    (data_dir / "jamba.json").unlink()
+    src = tmp_path / "jamba"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(more_tiny_config("jamba")).save_pretrained(src)
+    code = main(["grow", str(src), "--out", str(tmp_path / "out"), "--widen-ffn", "1.5", "-q"])
+    assert code == 2
+    assert_nothing_written(tmp_path)

@@ -17,7 +17,8 @@ OPS = {"widen_ffn": lambda: [WidenFFN(factor=1.5)], "add_layers": lambda: [AddLa
 # cells refused up front, by the family's data file (the reason is asserted)
 REFUSED = {("bloom", "widen_ffn"): "FFN width is fixed at 4 x hidden_size",
            ("mpt", "widen_ffn"): "expansion_ratio x d_model",
-           ("minimax", "add_layers"): "decay by their index over the layer count"}
+           ("minimax", "add_layers"): "decay by their index over the layer count",
+           ("jamba", "add_layers"): "decides each block's kind from its index"}
 
 
 def test_more_families_are_new_and_many():

@@ -299,8 +299,11 @@ def describe(config, model_cls=None) -> ModelLayout:
 
         from .infer import infer_family
 
+        if family is not None:  # the file adds roles the tp plan lacks (inference then sees them) and refusals
+            roles.update(family.roles)
+            packed.update(family.packed)
         inferred = infer_family(config, model, prefix, roles, packed)
-        family = inferred if family is None else replace(  # the file adds refusals and roles the tp plan lacks
+        family = inferred if family is None else replace(
             inferred, refuse=family.refuse, roles={**inferred.roles, **family.roles},
             packed={**inferred.packed, **family.packed})
     roles.update(family.roles)

@@ -61,8 +61,7 @@ def infer_family(config, model: nn.Module, blocks_prefix: str, roles: dict[str, 
             raise UnsupportedArchitecture(
                 f"no architecture data for model_type '{kind}', and no config field holds the width "
                 f"{width} that {parent or 'the block'}'s projections write; {where}")
-        if field not in [g.field for g in ffn]:
-            ffn.append(FfnGroup(field=field, prefix=f"{parent}." if parent else ""))
+        ffn.append(FfnGroup(field=field, prefix=f"{parent}." if parent else ""))  # a field may size several
     if not ffn:
         raise UnsupportedArchitecture(f"no architecture data for model_type '{kind}', and no FFN width could be "
                                       f"read off its first block; {where}")

@@ -221,8 +221,14 @@ def test_two_process_ddp_on_cpu(grown_llama, tmp_path):
     one saved model, old values still bit-identical."""
     out = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    import socket
+
+    with socket.socket() as s:  # a free port: a leftover or concurrent launch must not hold gloo's default one
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_expand", "train",
+           "--num_machines", "1", "--main_process_port", str(port),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_expand", "train",
            str(grown_llama), "--data", str(SENTENCES), "--out", str(out), "--max-steps", "6", "--batch-size", "4",
            "--lr", "1e-2", "--weight-decay", "0.1", "-q"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

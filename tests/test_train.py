@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -231,7 +232,16 @@ def test_two_process_ddp_on_cpu(grown_llama, tmp_path):
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_expand", "train",
            str(grown_llama), "--data", str(SENTENCES), "--out", str(out), "--max-steps", "6", "--batch-size", "4",
            "--lr", "1e-2", "--weight-decay", "0.1", "-q"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # its own session: a timeout kills the launcher and both ranks (a left-behind rank would hold its port)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"the 2-process launch did not finish in 300 s: {stderr[-2000:]}")
+    proc = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
     section = json.loads((out / "hf_expand_growth.json").read_text())["training"]

@@ -377,8 +377,9 @@ def grow_checkpoint(
 
 
 def _hidden(config) -> int | None:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(text, "hidden_size", None)
+    from .multimodal import text_of
+
+    return getattr(text_of(config), "hidden_size", None)
 
 
 @dataclass

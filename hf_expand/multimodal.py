@@ -89,7 +89,6 @@ class TextTower:
         self.text_config = copy.deepcopy(text_of(config))
         self.text_cls = _text_class(self.text_config)
         self.text_config.architectures = [self.text_cls.__name__]
-        self.wrapper_cls = wrapper_cls
         wrapper = meta_model(config, wrapper_cls)
         self.wrapper_cls = type(wrapper)
         text = meta_model(self.text_config, self.text_cls)
@@ -127,7 +126,7 @@ class TextTower:
         setattr(new, self.field, grown)
         return new
 
-    def lift(self, plan: Plan, config_before) -> Plan:
+    def lift(self, plan: Plan) -> Plan:
         """``plan`` (of the text model) as a plan of the wrapper: names moved, other tensors passed through."""
         if "vocab_size" in plan.config_updates and not any(n.startswith("lm_head") for n in self.text_names
                                                            if not n.startswith(self.wrapper_root + ".")):
@@ -159,9 +158,4 @@ class TextTower:
     def plans(self, operations) -> list[Plan]:
         from .grow import plan_growth
 
-        text_plans = plan_growth(self.text_config, operations)
-        lifted, before = [], self.config
-        for plan in text_plans:
-            lifted.append(self.lift(plan, before))
-            before = lifted[-1].new_config
-        return lifted
+        return [self.lift(plan) for plan in plan_growth(self.text_config, operations)]

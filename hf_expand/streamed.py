@@ -154,24 +154,17 @@ def write_grown(folder: Path, layout: Layout, chain, reader, grown_meta, dtype: 
         if cancelled():
             raise HfExpandError("writing was cancelled")
         names = layout.units[unit]
-        if unit in buffers and not chain.has_step(unit):
-            # a persistent buffer no plan lists (xIELU's beta and eps in apertus's blocks): the grown model's
-            # own value, computed from its config at init, as the in-memory path's rebuilt model has it
-            value = state[unit]
-            if value.device.type == "meta":
-                raise HfExpandError(f"the grown model's buffer {unit} has no value; please report this")
-            stored = revert({unit: value.to(out_dtype(value.dtype, dtype))})
-            for name in names:
-                yield name, stored[name].contiguous()
-            return
-        base = chain.base_name(unit)
+        planned = chain.has_step(unit)  # persistent buffers inside blocks (apertus's xIELU beta/eps) are in no plan
+        base = chain.base_name(unit) if planned else None
         disk = reader.stored(base) if base is not None else None
         if disk is not None and len(names) == 1 and by_name[names[0]].shape == disk.shape \
                 and dtype_name(by_name[names[0]].dtype) == disk.dtype:
             yield names[0], copy_bytes(disk.file, disk.offset, disk.nbytes)  # unchanged: bytes as stored
             return
-        if unit in buffers and not reader.has(base or unit):
-            value = state[unit]  # a buffer the base does not store: the grown model's own (computed at init)
+        if unit in buffers and (not planned or not reader.has(base or unit)):
+            # a buffer no plan lists or the base does not store: the grown model's own, computed from its config
+            # at init, as the in-memory path's rebuilt model has it
+            value = state[unit]
             if value.device.type == "meta":
                 raise HfExpandError(f"the grown model's buffer {unit} has no value; please report this")
         else:

@@ -28,22 +28,21 @@ def generate() -> str:
 
     ops = list(OPERATION_CASES)
     reasons: list[str] = []
-    rows = []
-    for family in FAMILY_CONFIGS:
-        cells = []
-        for op in ops:
-            reason = unsupported_reason(family, OPERATION_CASES[op])
-            if reason is None:
-                cells.append("✓")
-                continue
-            why = re.sub(r"^\S+ is not supported for [^:]+: ", "", reason)
-            if why not in reasons:
-                reasons.append(why)
-            cells.append(f"✗ ({reasons.index(why) + 1})")
-        rows.append(f"| {family} | " + " | ".join(cells) + " |")
+    rows = [f"| {family} | " + " | ".join(_cell(unsupported_reason(family, OPERATION_CASES[op]), reasons) for op in ops)
+            + " |" for family in FAMILY_CONFIGS]
     lines = ["| family | " + " | ".join(f"`{op}`" for op in ops) + " |", "| --- |" + " :-: |" * len(ops), *rows, ""]
     lines += [f"- ({i}) {why}" for i, why in enumerate(reasons, 1)]
     return "\n".join(lines + ["", *more_families(reasons)])
+
+
+def _cell(reason: str | None, reasons: list[str]) -> str:
+    """✓, or ✗ with the number of its reason in ``reasons`` (added there the first time it is met)."""
+    if reason is None:
+        return "✓"
+    why = re.sub(r"^\S+ is not supported for [^:]+: ", "", reason)
+    if why not in reasons:
+        reasons.append(why)
+    return f"✗ ({reasons.index(why) + 1})"
 
 
 def more_families(reasons: list[str]) -> list[str]:
@@ -56,16 +55,7 @@ def more_families(reasons: list[str]) -> list[str]:
     first = len(reasons)
     rows = []
     for family in MORE_FAMILY_CONFIGS:
-        cells = []
-        for op in MORE_OPERATIONS:
-            reason = more_unsupported_reason(family, op)
-            if reason is None:
-                cells.append("✓")
-                continue
-            why = re.sub(r"^\S+ is not supported for [^:]+: ", "", reason)
-            if why not in reasons:
-                reasons.append(why)
-            cells.append(f"✗ ({reasons.index(why) + 1})")
+        cells = [_cell(more_unsupported_reason(family, op), reasons) for op in MORE_OPERATIONS]
         layout = "inferred" if layout_is_inferred(family) else "data file"
         rows.append(f"| {family} | {layout} | " + " | ".join(cells) + " |")
     lines = [f"Families beyond the full matrix ({len(rows)}; the other operations are not tested for them yet):", "",

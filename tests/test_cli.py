@@ -236,3 +236,23 @@ def test_output_folder_is_readable_like_any_new_folder(capsys, llama_dir, tmp_pa
     umask = os.umask(0)
     os.umask(umask)
     assert code == 0 and (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_exit_now_runs_exit_handlers_and_flushes(tmp_path):
+    """The console script skips the interpreter's teardown (os._exit) but not what a normal exit does: the
+    atexit handlers run, buffered output reaches a pipe, the exit code is kept, and a live non-daemon
+    thread is waited for (the normal exit path)."""
+    import subprocess
+    import sys
+
+    code = ("import atexit, sys, threading, time\n"
+            "from hf_expand.cli import exit_now\n"
+            "atexit.register(lambda: print('handler ran', flush=False))\n"
+            "if sys.argv[1] == 'thread':\n"
+            "    threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+            "print('buffered', end=' ')\n"
+            "exit_now(3)\n")
+    for mode, expected in (("plain", "buffered handler ran\n"), ("thread", "buffered thread done\nhandler ran\n")):
+        run = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 3, (mode, run.stderr)
+        assert run.stdout == expected, (mode, run.stdout)

@@ -94,3 +94,27 @@ def pytest_sessionfinish(session, exitstatus):
     if bad:
         print(f"\nmodules imported from outside .venv: {', '.join(bad[:10])}; see docs/DEVELOPING.md (isolation rule)")
         session.exitstatus = 1
+
+
+def assert_new_slices_learn(model, new_slices, probes):
+    """Every new slice gets a non-zero gradient within two backward passes.
+
+    Output-side slices (zeroed columns, zeroed output projections of identity layers) get gradient on the
+    first pass; the input side of a zero-initialised unit is reached on the second pass, once one SGD step
+    has moved its output side off zero (a branch that outputs exactly zero for every input cannot pass
+    gradient to its inputs on the very first step: see docs/DEVELOPING.md).
+    """
+    import copy
+
+    from hf_expand.verify import new_slice_gradients
+
+    model = copy.deepcopy(model)
+    first = new_slice_gradients(model, new_slices, probes)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-1.0)
+    second = new_slice_gradients(model, new_slices, probes)
+    dead = [(name, i) for name, norms in first.items() for i, g in enumerate(norms) if g == 0 and second[name][i] == 0]
+    assert first, "no new slices recorded"
+    assert not dead, f"new slices without gradient: {dead[:5]}"

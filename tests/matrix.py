@@ -201,11 +201,12 @@ def unsupported_reason(family: str, case: str) -> str | None:
     return None
 
 
-# Families beyond the full matrix (issue 16): each is grown by widen_ffn and by add_layers through the
-# checkpoint path (tests/test_more_families.py); most have no data file and use an inferred layout.
-# Sizes: hidden 64, FFN 88, 4 heads of 24 (q width 96) where the family takes head_dim, vocab 99, 64 positions.
+# Families beyond the full matrix (issue 16): each is grown by every operation of the support table through
+# the checkpoint path (tests/test_more_families.py); most have no data file and use an inferred layout.
+# Sizes: hidden 64, FFN 88, 4 heads of 24 (q width 96) where the family takes head_dim, vocab 99, 80 positions:
+# no two spaces coincide.
 MORE_COMMON = dict(hidden_size=64, intermediate_size=88, num_hidden_layers=3, num_attention_heads=4,
-                   num_key_value_heads=2, head_dim=24, vocab_size=99, max_position_embeddings=64,
+                   num_key_value_heads=2, head_dim=24, vocab_size=99, max_position_embeddings=80,
                    pad_token_id=0, bos_token_id=1, eos_token_id=2)
 MORE_FAMILY_CONFIGS = {
     "granite": {}, "olmo": {}, "phi": {}, "cohere": {}, "cohere2": {}, "smollm3": {}, "exaone4": {},
@@ -216,19 +217,46 @@ MORE_FAMILY_CONFIGS = {
     "granitemoe": {"num_local_experts": 4, "num_experts_per_tok": 2},
     "hunyuan_v1_dense": {},
     "jamba": {"num_experts": 4, "num_experts_per_tok": 2, "mamba_d_state": 8, "mamba_dt_rank": 8,
-              "use_mamba_kernels": False},
-    "gptj": {"n_embd": 64, "n_layer": 3, "n_head": 4, "n_inner": 88, "n_positions": 64, "rotary_dim": 8},
-    "gpt_bigcode": {"n_embd": 64, "n_layer": 3, "n_head": 4, "n_inner": 88, "n_positions": 64},
+              "use_mamba_kernels": False, "attn_layer_period": 2, "attn_layer_offset": 1,  # one attention block,
+              "expert_layer_period": 2, "expert_layer_offset": 0},  # experts in blocks 0 and 2
+    "gptj": {"n_embd": 64, "n_layer": 3, "n_head": 4, "n_inner": 88, "n_positions": 80, "rotary_dim": 8},
+    "gpt_bigcode": {"n_embd": 64, "n_layer": 3, "n_head": 4, "n_inner": 88, "n_positions": 80},
     "falcon": {"ffn_hidden_size": 88, "num_kv_heads": 4},
     "bloom": {},
-    "mpt": {"d_model": 64, "n_heads": 4, "n_layers": 3, "expansion_ratio": 2, "max_seq_len": 64},
-    "xlm-roberta": {"pad_token_id": 1, "max_position_embeddings": 66},
+    "mpt": {"d_model": 64, "n_heads": 4, "n_layers": 3, "expansion_ratio": 2, "max_seq_len": 80},
+    "xlm-roberta": {"pad_token_id": 1, "max_position_embeddings": 82},
     "electra": {"embedding_size": 64},
+    "camembert": {"pad_token_id": 1, "max_position_embeddings": 82},
+    "data2vec-text": {"pad_token_id": 1, "max_position_embeddings": 82},
+    "nemotron": {}, "ministral": {}, "cwm": {}, "olmo3": {}, "flex_olmo": {}, "vaultgemma": {},
+    "helium": {"head_dim": 16},  # its o_proj is hidden x hidden: heads x head_dim must equal hidden_size
+    "doge": {},
+    "codegen": {"n_embd": 64, "n_layer": 3, "n_head": 4, "n_inner": 88, "n_positions": 80, "rotary_dim": 8},
+    # sparsemixer's router gets gradient only from tokens where more than the top expert passes its jitter mask
+    "phimoe": {"num_local_experts": 4, "num_experts_per_tok": 2, "router_jitter_noise": 0.5},
+    "granitemoeshared": {"num_local_experts": 4, "num_experts_per_tok": 2, "shared_intermediate_size": 40},
+    "hunyuan_v1_moe": {"num_experts": 4, "moe_topk": 2},
+    "qwen3_next": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 40,
+                   "shared_expert_intermediate_size": 40,
+                   "layer_types": ["linear_attention", "full_attention", "linear_attention"],
+                   "linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 8,
+                   "linear_value_head_dim": 8},
+    "ernie4_5_moe": {"moe_intermediate_size": 40, "moe_num_shared_experts": 1, "moe_num_experts": 4, "moe_k": 2,
+                     "moe_layer_start_index": 1},
+    **{f: {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 40, "n_shared_experts": 1,
+           "first_k_dense_replace": 1} for f in ("dots1", "glm4_moe")},
+    # MLA attention: per-head no-rope + rope query parts, low-rank q and kv (queries and keys need as many heads)
+    **{f: {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 40, "n_shared_experts": 1,
+           "first_k_dense_replace": 1, "kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8,
+           "qk_nope_head_dim": 16, "v_head_dim": 16, "n_group": 1, "topk_group": 1, "head_dim": 8,
+           "num_key_value_heads": 4} for f in ("deepseek_v2", "deepseek_v3")},
 }
-MORE_ENCODERS = {"xlm-roberta", "electra"}
+MORE_ENCODERS = {"xlm-roberta", "electra", "camembert", "data2vec-text"}
 
 
-def more_tiny_config(family: str):
+def more_tiny_config(family: str, classifier: bool = False):
+    """The tiny config of a family beyond the full matrix: a causal LM (masked LM for encoders), or a
+    3-label sequence classifier."""
     from transformers import AutoConfig
     from transformers.models.auto import modeling_auto
 
@@ -238,17 +266,22 @@ def more_tiny_config(family: str):
           if (hasattr(defaults, k) or k in getattr(defaults, "attribute_map", {}))
           and not isinstance(getattr(cls, k, None), property)}
     config = AutoConfig.for_model(family, **{**kw, **MORE_FAMILY_CONFIGS[family]})
-    mapping = (modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES if family in MORE_ENCODERS
-               else modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    if classifier:
+        mapping = modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+        config.num_labels = 3
+    elif family in MORE_ENCODERS:
+        mapping = modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    else:
+        mapping = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     config.architectures = [mapping[family]]
     return config
 
 
-def more_tiny_model(family: str, seed: int = 0):
+def more_tiny_model(family: str, seed: int = 0, classifier: bool = False):
     from hf_expand.model_io import auto_class_for
 
     torch.manual_seed(seed)
-    config = more_tiny_config(family)
+    config = more_tiny_config(family, classifier)
     model = auto_class_for(config).from_config(config)
     with torch.no_grad():
         for _, p in model.named_parameters():
@@ -257,21 +290,34 @@ def more_tiny_model(family: str, seed: int = 0):
     return model.eval()
 
 
-MORE_OPERATIONS = ("widen_ffn", "add_layers")
+# the support table's columns, each applied by the same case as in the full matrix
+MORE_OPERATIONS = tuple(OPERATION_CASES)
 
 
-def more_operations(op: str):
-    from hf_expand import AddLayers, WidenFFN
+def has_classifier(family: str) -> bool:
+    from transformers.models.auto import modeling_auto
 
-    return {"widen_ffn": [WidenFFN(factor=1.5)], "add_layers": [AddLayers(count=2)]}[op]
+    return family in modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+
+def no_classifier_reason(family: str) -> str:
+    """The table's reason for ``add_labels`` on a family transformers has no classifier for (the same for all)."""
+    return "transformers has no sequence-classification class for this family, so there is no label head to grow"
+
+
+def more_operations(op: str, config, tokenizer):
+    return ALL_CASES[OPERATION_CASES[op]][1](config, tokenizer)
 
 
 def more_unsupported_reason(family: str, op: str) -> str | None:
     """Why ``op`` cannot apply to the tiny model of a family beyond the full matrix (planning only), or None."""
     from hf_expand import UnsupportedArchitecture, plan_growth
 
+    if op == "add_labels" and not has_classifier(family):
+        return no_classifier_reason(family)
+    config = more_tiny_config(family, classifier=op == "add_labels")
     try:
-        plan_growth(more_tiny_config(family), more_operations(op))
+        plan_growth(config, more_operations(op, config, tiny_tokenizer()))
     except UnsupportedArchitecture as exc:
         return str(exc)
     return None

@@ -4,18 +4,17 @@ the clear error, and exactly the expected cells are unsupported."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 import torch
 
-from conftest import FAMILY_CONFIGS, POST_NORM
+from conftest import FAMILY_CONFIGS, POST_NORM, assert_new_slices_learn
 from matrix import CASES, EXPECTED_UNSUPPORTED, IMPLIED_HEAD_SIZE, NEW_LABELS, NEW_TOKENS, unsupported_reason
 from hf_expand import UnsupportedArchitecture, grow_checkpoint
 from hf_expand.grow import RECORD_FILE
 from hf_expand.model_io import auto_class_for
-from hf_expand.verify import make_probes, max_abs_diff, new_slice_gradients, outputs
+from hf_expand.verify import make_probes, max_abs_diff, outputs
 
 TABLE = [(family, case) for family in FAMILY_CONFIGS for case in CASES]
 
@@ -76,7 +75,7 @@ def test_growth_preserves_outputs(family, case, tiny_checkpoints, tiny_classifie
     if "tokens" in case or case == "all_axes":  # new embedding rows learn only from inputs that use them
         new_ids = AutoTokenizer.from_pretrained(out).convert_tokens_to_ids(list(NEW_TOKENS))
         grad_probes.batches[0]["input_ids"][0, : len(new_ids)] = torch.tensor(new_ids)
-    _assert_new_slices_learn(grown, record["new_slices"], grad_probes)
+    assert_new_slices_learn(grown, record["new_slices"], grad_probes)
 
 
 def _check_case(case, family, base, grown, out, base_out, grown_out, notes):
@@ -132,22 +131,3 @@ def _check_case(case, family, base, grown, out, base_out, grown_out, notes):
             assert torch.equal(a.argmax(-1), b.argmax(-1)), "predictions changed"
             assert (b[..., c0.num_labels:].max(-1).values <= a.max(-1).values).all()
 
-
-def _assert_new_slices_learn(model, new_slices, probes):
-    """Every new slice gets a non-zero gradient within two backward passes.
-
-    Output-side slices (zeroed columns, zeroed output projections of identity layers) get gradient on the
-    first pass; the input side of a zero-initialised unit is reached on the second pass, once one SGD step
-    has moved its output side off zero (a branch that outputs exactly zero for every input cannot pass
-    gradient to its inputs on the very first step: see docs/DEVELOPING.md).
-    """
-    model = copy.deepcopy(model)
-    first = new_slice_gradients(model, new_slices, probes)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.grad is not None:
-                p.add_(p.grad, alpha=-1.0)
-    second = new_slice_gradients(model, new_slices, probes)
-    dead = [(name, i) for name, norms in first.items() for i, g in enumerate(norms) if g == 0 and second[name][i] == 0]
-    assert first, "no new slices recorded"
-    assert not dead, f"new slices without gradient: {dead[:5]}"

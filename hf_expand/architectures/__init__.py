@@ -257,10 +257,15 @@ def meta_model(config, model_cls=None) -> nn.Module:
     if problem:
         raise HfExpandError(f"a model with {problem}; nothing is built beyond it (grow less)")
 
-    with torch.device("meta"):
-        if model_cls is not None:
-            return model_cls(config)
-        return auto_class_for(config).from_config(config)
+    try:
+        with torch.device("meta"):
+            if model_cls is not None:
+                return model_cls(config)
+            return auto_class_for(config).from_config(config)
+    except ValueError as exc:  # the modelling code's own check of the (grown) config, e.g. heads vs hidden size
+        name = getattr(model_cls, "__name__", None) or (getattr(config, "architectures", None) or [config.model_type])[0]
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnsupportedArchitecture(f"transformers cannot build {name} with this config: {first}") from None
 
 
 def _find_block_list(model: nn.Module, num_layers: int) -> str:
@@ -297,8 +302,9 @@ def describe(config, model_cls=None) -> ModelLayout:
     if family is None or family.inferred:  # no data file, or one that adds to the inference ("infer": true)
         from dataclasses import replace
 
-        from .infer import infer_family
+        from .infer import attention_roles, infer_family
 
+        roles.update(attention_roles(model, prefix, roles))
         if family is not None:  # the file adds roles the tp plan lacks (inference then sees them) and refusals
             roles.update(family.roles)
             packed.update(family.packed)

@@ -78,6 +78,26 @@ def infer_family(config, model: nn.Module, blocks_prefix: str, roles: dict[str, 
     )
 
 
+_ATTENTION_IN, _ATTENTION_OUT = ("q_proj", "k_proj", "v_proj"), ("o_proj",)
+
+
+def attention_roles(model: nn.Module, blocks_prefix: str, roles: dict[str, str]) -> dict[str, str]:
+    """Roles of the usual attention projections (``self_attn.q_proj/k_proj/v_proj`` write, ``o_proj`` reads
+    back) when the tp plan lists none (MoE families whose plan names only the experts). A new block's
+    ``o_proj`` must be zeroed like its FFN's down projection; without this role it would not be, and
+    verification would refuse the growth."""
+    if any(any(w in rel.lower() for w in _ATTENTION_WORDS) for rel in roles):
+        return {}
+    found = {}
+    for block in model.get_submodule(blocks_prefix):
+        for name, module in block.named_modules():
+            parent, _, leaf = name.rpartition(".")
+            if isinstance(module, nn.Linear) and any(w in parent.lower() for w in _ATTENTION_WORDS):
+                if leaf in _ATTENTION_IN or leaf in _ATTENTION_OUT:
+                    found[name] = "in" if leaf in _ATTENTION_IN else "out"
+    return found
+
+
 def _written_width(block: nn.Module, rels: list[str], packed: dict[str, int]) -> int | None:
     """The width the "in" modules ``rels`` write: rows of a Linear weight (per packed part), or of 3-D experts."""
     for rel in rels:

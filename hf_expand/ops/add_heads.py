@@ -54,6 +54,10 @@ class AddHeads:
             return f"{count} is not a multiple of the group size {n // kv} ({n} query heads share {kv} kv heads)"
         if self.kv == "fixed" and (n + count) % kv:
             return f"{n + count} query heads cannot be split evenly over the {kv} fixed kv heads"
+        prop = getattr(type(config), "head_dim", None)
+        if isinstance(prop, property) and prop.fset is None:  # computed from hidden_size / heads, not stored
+            return (f"the head size is computed as hidden_size / num_attention_heads in {config.model_type}'s config "
+                    f"(head_dim cannot be set), so more heads would shrink every head; use --widen-hidden")
         try:
             validated(self._new_config(config, count), "")
         except HfExpandError as exc:

@@ -2,7 +2,8 @@
 and the growth operations each test case applies. ``scripts/support_table.py`` builds the README's
 support table from this same module, so the table and the tests cannot disagree.
 
-hidden 64, FFN 88, vocab 99, 4 heads / 2 kv heads, 3 layers: a swapped dimension cannot go unnoticed.
+hidden 64, FFN 88, vocab 99, 4 heads / 2 kv heads, 3 layers, 80 positions, and heads of 24 (q width 96) in every
+family whose config takes a head_dim: no two spaces coincide, so a swapped dimension cannot go unnoticed.
 """
 
 from __future__ import annotations
@@ -10,29 +11,30 @@ from __future__ import annotations
 import torch
 
 COMMON = dict(hidden_size=64, intermediate_size=88, num_hidden_layers=3, num_attention_heads=4,
-              num_key_value_heads=2, vocab_size=99, max_position_embeddings=64,
+              num_key_value_heads=2, vocab_size=99, max_position_embeddings=80,
               pad_token_id=0, bos_token_id=1, eos_token_id=2)
+HEAD_DIM = {"head_dim": 24}  # q width 96, apart from hidden 64 (families whose config takes a head_dim)
 
 # Per-family overrides: the field names that family uses, and switches that exercise its quirks.
 FAMILY_CONFIGS = {
-    "llama": {},
-    "mistral": {"sliding_window": 8},
-    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
-    "qwen2": {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
-    "qwen2_moe": {"moe_intermediate_size": 88, "shared_expert_intermediate_size": 88, "num_experts": 4,
+    "llama": {**HEAD_DIM},
+    "mistral": {**HEAD_DIM, "sliding_window": 8},
+    "mixtral": {**HEAD_DIM, "num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen2": {**HEAD_DIM, "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
+    "qwen2_moe": {**HEAD_DIM, "moe_intermediate_size": 88, "shared_expert_intermediate_size": 88, "num_experts": 4,
                   "num_experts_per_tok": 2, "mlp_only_layers": [1]},
-    "qwen3": {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
-    "gemma": {"head_dim": 16},
-    "gemma2": {"head_dim": 16, "sliding_window": 8},
-    "gemma3_text": {"head_dim": 16, "sliding_window": 8, "sliding_window_pattern": 2},
+    "qwen3": {**HEAD_DIM, "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
+    "gemma": {**HEAD_DIM},
+    "gemma2": {**HEAD_DIM, "sliding_window": 8},
+    "gemma3_text": {**HEAD_DIM, "sliding_window": 8, "sliding_window_pattern": 2},
     "phi3": {},
     "olmo2": {},
     "starcoder2": {},
-    "gpt2": {"n_embd": 64, "n_inner": 88, "n_layer": 3, "n_head": 4, "n_positions": 64},
+    "gpt2": {"n_embd": 64, "n_inner": 88, "n_layer": 3, "n_head": 4, "n_positions": 80},
     "gpt_neox": {},
     "opt": {"ffn_dim": 88, "word_embed_proj_dim": 64},
     "bert": {},
-    "roberta": {"pad_token_id": 1, "max_position_embeddings": 66},
+    "roberta": {"pad_token_id": 1, "max_position_embeddings": 82},
     "distilbert": {"dim": 64, "hidden_dim": 88, "n_layers": 3, "n_heads": 4},
 }
 POST_NORM = {"bert", "roberta", "distilbert"}

@@ -286,19 +286,20 @@ def test_uncased_tokenizer_knows_capitalised_words():
 
 def test_record_follows_regrouped_heads():
     """widen_hidden then add_heads(kv=fixed): old heads move; the record must follow them."""
-    model = tiny_model("mistral")  # 4 q heads / 2 kv heads, head_dim 16
+    model = tiny_model("mistral")  # 4 q heads / 2 kv heads
+    hd = model.config.head_dim
     grown, report = grow_model(model, [WidenHidden(2, noise=False), AddHeads(4, kv="fixed")])
     assert grown.config.num_attention_heads == 12 and report.max_abs_diff <= 1e-5
-    rows = torch.zeros(12 * 16, dtype=torch.bool)
+    rows = torch.zeros(12 * hd, dtype=torch.bool)
     for s in report.new_slices["model.layers.0.self_attn.q_proj.weight"]:
         if s["axis"] == 0:
             rows[s["start"]:s["stop"]] = True
-    new_heads = rows.view(12, 16).all(1)
-    assert (rows.view(12, 16).any(1) == new_heads).all()  # whole heads only
+    new_heads = rows.view(12, hd).all(1)
+    assert (rows.view(12, hd).any(1) == new_heads).all()  # whole heads only
     # Old heads sit at 0,1 (group 0) and 3,4 (group 1); all 8 others are replicas or new.
     assert new_heads.tolist() == [h not in (0, 1, 3, 4) for h in range(12)]
-    w0 = model.model.layers[0].self_attn.q_proj.weight.view(4, 16, -1)
-    w1 = grown.model.layers[0].self_attn.q_proj.weight.view(12, 16, -1)[:, :, :64]
+    w0 = model.model.layers[0].self_attn.q_proj.weight.view(4, hd, -1)
+    w1 = grown.model.layers[0].self_attn.q_proj.weight.view(12, hd, -1)[:, :, :64]
     assert torch.equal(w1[[0, 1, 3, 4]] * 2, w0)  # the read side was halved by the hidden replication
 
 

@@ -76,6 +76,13 @@ def _params_of(unit_name: str, unit: nn.Module, own_only: bool):
                 yield mod, pname, prefix + (f"{mod_name}." if mod_name else "") + pname
 
 
+SMALL_UNIT = 1 << 22  # parameters (16 MiB in fp32): a module outside the blocks this small is loaded once per run
+
+
+def _numel(params) -> int:
+    return sum(mod._parameters[pname].numel() for mod, pname, _ in params)
+
+
 class StreamedModel:
     """A stock transformers model whose weights come from ``get(name)`` one unit at a time (see module doc)."""
 
@@ -101,7 +108,7 @@ class StreamedModel:
     def _hooks(self, run: Run, reuse=None):
         from .reuse import fingerprint, reusable_blocks, share
 
-        handles, wrapped = [], []
+        handles, wrapped, kept = [], [], []
         last_block = f"{self.blocks_name}.{self.num_layers - 1}"
         reusable = {} if reuse is None else reusable_blocks(reuse, self.model, self.blocks_name)
         for name, unit in self.units:
@@ -128,8 +135,11 @@ class StreamedModel:
                     mod._parameters[pname] = nn.Parameter(torch.empty(mod._parameters[pname].shape, device="meta"),
                                                           requires_grad=False)
 
-            if unit is self.model:
-                load(unit, ())  # parameters of the root itself stay for the whole run
+            if unit is self.model or (not in_block and _numel(params) <= SMALL_UNIT):
+                # the root's own parameters, and small modules outside the blocks, stay for the whole run: a
+                # module whose weight is read without calling it (DeBERTa's rel_embeddings) is loaded too
+                load(unit, ())
+                kept.append((unit, free))
                 continue
             if not in_block:
                 handles.append(unit.register_forward_pre_hook(load))
@@ -172,6 +182,8 @@ class StreamedModel:
                 h.remove()
             for unit in wrapped:
                 del unit.forward
+            for unit, free in kept:
+                free(unit, (), None)
 
     @torch.no_grad()
     def run(self, probes: Probes, progress: bool = False, record: bool = False, reuse=None) -> Run:
@@ -185,7 +197,22 @@ class StreamedModel:
         try:
             with self._hooks(run, reuse):
                 for self._batch, batch in enumerate(probes.batches):
-                    run.outputs.append(_main_output(self.model(**batch, **no_cache)).float())
+                    try:
+                        out = self.model(**batch, **no_cache)
+                    except (AttributeError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+                        if self.what != "base":  # the grown side failing where the base ran is hf-expand's bug
+                            raise
+                        import transformers
+
+                        from .errors import UnsupportedArchitecture
+
+                        first = (str(exc).strip().splitlines() or [""])[0]
+                        raise UnsupportedArchitecture(
+                            f"the base model's own forward ({type(self.model).__name__}, transformers "
+                            f"{transformers.__version__}) fails on text-only probes ({type(exc).__name__}: {first}); "
+                            f"hf-expand verifies growth by running it, so it cannot grow this checkpoint; nothing "
+                            f"was written") from None
+                    run.outputs.append(_main_output(out).float())
         finally:
             self.bar.close()
             self.bar = None

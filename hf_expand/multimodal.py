@@ -116,7 +116,15 @@ class TextTower:
         root = f"{self.text_root}." if self.text_root else ""
         if name.startswith(root):
             return f"{self.wrapper_root}.{name[len(root):]}" if self.wrapper_root else name[len(root):]
-        return name if name in self.wrapper_params else None  # lm_head: the same name in both
+        if name in self.wrapper_params:  # lm_head: the same name in both (Gemma3, LLaVA)
+            return name
+        # the whole causal LM nested in the wrapper (Llama-4: "model" -> "language_model.model", so
+        # "lm_head" -> "language_model.lm_head")
+        if self.text_root and self.wrapper_root.endswith("." + self.text_root):
+            outer = self.wrapper_root[: -len(self.text_root)]
+            if outer + name in self.wrapper_params:
+                return outer + name
+        return None
 
     def wrapper_config(self, text_config):
         """The wrapper's config with ``text_config`` (grown) in place of its nested one."""
@@ -128,7 +136,7 @@ class TextTower:
 
     def lift(self, plan: Plan) -> Plan:
         """``plan`` (of the text model) as a plan of the wrapper: names moved, other tensors passed through."""
-        if "vocab_size" in plan.config_updates and not any(n.startswith("lm_head") for n in self.text_names
+        if "vocab_size" in plan.config_updates and not any("lm_head" in n.split(".") for n in self.text_names
                                                            if not n.startswith(self.wrapper_root + ".")):
             raise UnsupportedArchitecture(
                 f"{plan.op} is not supported for {self.wrapper_cls.__name__}: its text model "

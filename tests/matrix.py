@@ -247,13 +247,26 @@ MORE_FAMILY_CONFIGS = {
                      "moe_layer_start_index": 1},
     **{f: {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 40, "n_shared_experts": 1,
            "first_k_dense_replace": 1} for f in ("dots1", "glm4_moe")},
+    # Llama-4: dense and MoE blocks interleaved, 3-D experts stored (in, out), a shared expert, chunked attention
+    "llama4_text": {"num_local_experts": 4, "num_experts_per_tok": 1, "intermediate_size_mlp": 88,
+                    "intermediate_size": 40, "interleave_moe_layer_step": 2, "no_rope_layers": [1, 1, 0],
+                    "attention_chunk_size": 16},
+    # gpt-oss: 3-D experts stored (in, out) with gate and up interleaved, per-head attention sinks, alternating windows
+    "gpt_oss": {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8,
+                "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]},
+    # ModernBERT: fused Wqkv, GLU Wi, global attention every 2nd block, no attention norm in block 0
+    "modernbert": {"global_attn_every_n_layers": 2, "local_attention": 8},
+    # DeBERTa-v3 style: relative attention through the shared rel_embeddings, no absolute positions
+    "deberta-v2": {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "norm_rel_ebd": "layer_norm",
+                   "position_buckets": 16, "max_relative_positions": -1, "share_att_key": True,
+                   "position_biased_input": False},
     # MLA attention: per-head no-rope + rope query parts, low-rank q and kv (queries and keys need as many heads)
     **{f: {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 40, "n_shared_experts": 1,
            "first_k_dense_replace": 1, "kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8,
            "qk_nope_head_dim": 16, "v_head_dim": 16, "n_group": 1, "topk_group": 1, "head_dim": 8,
            "num_key_value_heads": 4} for f in ("deepseek_v2", "deepseek_v3")},
 }
-MORE_ENCODERS = {"xlm-roberta", "electra", "camembert", "data2vec-text"}
+MORE_ENCODERS = {"xlm-roberta", "electra", "camembert", "data2vec-text", "modernbert", "deberta-v2"}
 
 
 def more_tiny_config(family: str, classifier: bool = False):

@@ -49,10 +49,12 @@ REFUSED = {
     **{(f, "add_layers"): "dense or MoE from its index" for f in ("dots1", "glm4_moe", "ernie4_5_moe", "deepseek_v2",
                                                                    "deepseek_v3")},
     ("ernie4_5_moe", "depth_upscale"): "dense or MoE from its index",
+    ("gpt_oss", "widen_ffn"): "interleaves gate and up column by column",
+    **{("modernbert", op): "from its index" for op in ("add_layers", "depth_upscale")},
     **{(f, op): "MLA attention packs" for f in ("deepseek_v2", "deepseek_v3") for op in ("add_heads", "widen_hidden")},
     **{(f, "add_heads"): "head size is (computed as )?(hidden_size|d_model) / (n_head|n_heads|num_attention_heads)"
        for f in ("bloom", "mpt", "gpt_bigcode", "gptj", "codegen", "stablelm", "electra", "xlm-roberta", "camembert",
-                 "data2vec-text")},
+                 "data2vec-text", "modernbert", "deberta-v2")},
 }
 
 

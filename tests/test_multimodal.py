@@ -134,3 +134,37 @@ def test_widening_the_hidden_size_of_a_wrapper_is_refused(grown, tmp_path):
     with pytest.raises(UnsupportedArchitecture, match="projector writes the text model's hidden size"):
         grow_checkpoint(str(base), tmp_path / "out", [WidenHidden(factor=2)])
     assert not (tmp_path / "out").exists()
+
+
+def test_llama4_wrapper_grows_exactly_or_is_refused_in_one_line(tmp_path):
+    """Llama4ForConditionalGeneration nests a whole causal LM (``language_model.model`` + ``language_model.lm_head``);
+    its plans lift onto that. In transformers 5.24 the wrapper's own forward fails even on text (it reads
+    ``image_outputs`` off the language model's output), and growth is only as good as its verification: the run
+    is refused in one line naming that failure, and nothing is written. Where the stock forward works, growth
+    must be exact."""
+    text = {**TEXT, "intermediate_size": 40, "intermediate_size_mlp": 88, "head_dim": 24, "num_local_experts": 4,
+            "num_experts_per_tok": 1, "interleave_moe_layer_step": 2, "no_rope_layers": [1, 1, 0],
+            "attention_chunk_size": 16}
+    cfg = AutoConfig.for_model("llama4", text_config=text, vision_config=dict(
+        hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14,
+        vision_output_dim=64, projector_input_dim=64, projector_output_dim=64, pixel_shuffle_ratio=0.5),
+        image_token_index=110, boi_token_index=108, eoi_token_index=109)
+    cfg.architectures = ["Llama4ForConditionalGeneration"]
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(cfg).eval()
+    base, out = tmp_path / "base", tmp_path / "out"
+    model.save_pretrained(base)
+    try:
+        model(input_ids=torch.randint(3, 100, (1, 6)))
+        stock_forward_works = True
+    except AttributeError:
+        stock_forward_works = False
+    ops = [WidenFFN(factor=1.5), AddLayers(count=2)]
+    if not stock_forward_works:
+        with pytest.raises(UnsupportedArchitecture, match=r"base model's own forward \(Llama4ForConditionalGeneration"):
+            grow_checkpoint(str(base), out, ops)
+        assert not out.exists()
+        return
+    report = grow_checkpoint(str(base), out, ops)
+    assert report.reloaded_max_abs_diff <= report.tolerance
+    assert type(AutoModelForImageTextToText.from_pretrained(out)).__name__ == "Llama4ForConditionalGeneration"

@@ -49,7 +49,7 @@ _SIZE_NAMES = {"n_embd", "n_inner", "d_model", "dim", "hidden_dim", "ffn_dim", "
 
 _ALLOWED_KEYS = {
     "ffn", "roles", "packed", "post_norm", "refuse", "layer_index_fields", "layer_threshold_fields", "comment",
-    "qkv_sections", "head_norms", "norm_offset", "embed_scale", "hidden_sized_fields", "infer",
+    "qkv_sections", "head_norms", "norm_offset", "embed_scale", "hidden_sized_fields", "infer", "transposed",
 }
 
 
@@ -109,6 +109,8 @@ class FamilyData:
     embed_scale: str | None = None  # "sqrt_hidden": embeddings are multiplied by sqrt(hidden_size)
     hidden_sized_fields: tuple[str, ...] = ()  # other config fields equal to the hidden size (OPT's word_embed_proj_dim)
     inferred: bool = False  # no data file: read off transformers (architectures.infer), trusted because verified
+    # layer-relative modules whose weights are stored (in, out) like Conv1D (Llama-4's 3-D experts: x @ W)
+    transposed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,7 @@ def family_data(model_type: str) -> FamilyData:
         embed_scale=raw.get("embed_scale"),
         hidden_sized_fields=tuple(raw.get("hidden_sized_fields", [])),
         inferred=bool(raw.get("infer", False)),
+        transposed=tuple(raw.get("transposed", [])),
     )
 
 
@@ -268,6 +271,14 @@ def meta_model(config, model_cls=None) -> nn.Module:
         raise UnsupportedArchitecture(f"transformers cannot build {name} with this config: {first}") from None
 
 
+def _has_submodule(module: nn.Module, rel: str) -> bool:
+    try:
+        module.get_submodule(rel)
+    except AttributeError:
+        return False
+    return True
+
+
 def _find_block_list(model: nn.Module, num_layers: int) -> str:
     """The qualified name of the ModuleList holding the transformer blocks (the largest list of that length)."""
     best, best_size = None, -1
@@ -308,15 +319,16 @@ def describe(config, model_cls=None) -> ModelLayout:
         if family is not None:  # the file adds roles the tp plan lacks (inference then sees them) and refusals
             roles.update(family.roles)
             packed.update(family.packed)
-        inferred = infer_family(config, model, prefix, roles, packed)
+        inferred = infer_family(config, model, prefix, roles, packed, family.transposed if family else ())
         family = inferred if family is None else replace(
             inferred, refuse=family.refuse, roles={**inferred.roles, **family.roles},
-            packed={**inferred.packed, **family.packed})
+            packed={**inferred.packed, **family.packed}, transposed=family.transposed)
     roles.update(family.roles)
     packed.update(family.packed)
     transposed = {
         name for name, mod in model.named_modules() if type(mod).__name__ == "Conv1D"  # GPT-2: weight is (in, out)
-    }
+    } | {f"{prefix}.{i}.{rel}" for i, block in enumerate(model.get_submodule(prefix)) for rel in family.transposed
+         if _has_submodule(block, rel)}
     embeddings = {name for name, mod in model.named_modules() if isinstance(mod, nn.Embedding)}
     layer_re = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.+)$")
 
@@ -341,7 +353,7 @@ def describe(config, model_cls=None) -> ModelLayout:
         module_name = name.rsplit(".", 1)[0] if "." in name else ""
         input_axis = None
         if p.ndim >= 2 and module_name not in embeddings:
-            input_axis = 0 if module_name in transposed else p.ndim - 1
+            input_axis = p.ndim - 2 if module_name in transposed else p.ndim - 1
         params[name] = ParamInfo(name, tuple(p.shape), layer, rel, role, ffn_field, parts, ffn_axis, is_bias, input_axis)
 
     missing = [k for k in family.roles if k not in used_roles]

@@ -23,8 +23,10 @@ _FFN_FIELD_HINTS = ("intermediate", "ffn", "inner", "d_ff", "mlp")
 _FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "norm_f", "final_layer_norm")
 
 
-def infer_family(config, model: nn.Module, blocks_prefix: str, roles: dict[str, str], packed: dict[str, int]):
-    """The :class:`FamilyData` of ``config.model_type`` from ``model`` (meta device) and its tp-plan ``roles``."""
+def infer_family(config, model: nn.Module, blocks_prefix: str, roles: dict[str, str], packed: dict[str, int],
+                 transposed: tuple[str, ...] = ()):
+    """The :class:`FamilyData` of ``config.model_type`` from ``model`` (meta device) and its tp-plan ``roles``
+    (``transposed``: layer-relative modules whose weights are stored (in, out), from a data file)."""
     from . import FamilyData, FfnGroup
 
     kind = config.model_type
@@ -49,7 +51,8 @@ def infer_family(config, model: nn.Module, blocks_prefix: str, roles: dict[str, 
     for parent, rels in sorted(groups.items(), key=lambda kv: -len(kv[0])):  # longest prefix first
         writers = [r for r in rels if roles[r] == "in"]
         # the first block that has these modules (dense and sparse layers differ in MoE families)
-        width = next((w for w in (_written_width(b, writers, packed) for b in blocks) if w is not None), None)
+        width = next((w for w in (_written_width(b, writers, packed, transposed) for b in blocks) if w is not None),
+                     None)
         if width is None:
             continue
         field = _size_field(text, width, parent)
@@ -98,7 +101,7 @@ def attention_roles(model: nn.Module, blocks_prefix: str, roles: dict[str, str])
     return found
 
 
-def _written_width(block: nn.Module, rels: list[str], packed: dict[str, int]) -> int | None:
+def _written_width(block: nn.Module, rels: list[str], packed: dict[str, int], transposed=()) -> int | None:
     """The width the "in" modules ``rels`` write: rows of a Linear weight (per packed part), or of 3-D experts."""
     for rel in rels:
         try:
@@ -114,7 +117,7 @@ def _written_width(block: nn.Module, rels: list[str], packed: dict[str, int]) ->
                 weight = None
         if isinstance(weight, nn.Parameter) or getattr(weight, "ndim", 0) >= 2:
             rows = weight.shape[-2] if weight.ndim >= 2 else weight.shape[-1]
-            if type(module).__name__ == "Conv1D":
+            if type(module).__name__ == "Conv1D" or rel.rpartition(".")[0] in transposed or rel in transposed:
                 rows = weight.shape[-1]
             return int(rows) // packed.get(rel, 1)
     return None

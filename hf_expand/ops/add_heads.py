@@ -101,7 +101,8 @@ class AddHeads:
             q = SpaceMap("q_heads", n, tuple(
                 (j // new_group) * group + j % new_group if j % new_group < group else -1 for j in range(new_n)
             ))
-        spaces = {"q": (q, hd), "kv": (SpaceMap.append("kv_heads", kv, new_kv - kv), hd)}
+        # "heads": one entry per query head (gpt-oss's attention sinks), mapped like the heads themselves
+        spaces = {"q": (q, hd), "kv": (SpaceMap.append("kv_heads", kv, new_kv - kv), hd), "heads": (q, 1)}
         steps, new_slices, modified = remap_steps(layout, describe(new_config, layout.model_cls), spaces)
         updates = {"num_attention_heads": new_n, "num_key_value_heads": new_kv, "head_dim": hd}
         return Plan(

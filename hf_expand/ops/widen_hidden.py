@@ -79,10 +79,12 @@ class WidenHidden:
             if getattr(config, f, None) == hidden:
                 updates[f] = hidden * k
 
+        q_heads = SpaceMap.tile("q_heads", n, k)
         spaces = {
             "hidden": (SpaceMap.tile("hidden", hidden, k), 1),
-            "q": (SpaceMap.tile("q_heads", n, k), hd),
+            "q": (q_heads, hd),
             "kv": (SpaceMap.tile("kv_heads", kv, k), hd),
+            "heads": (q_heads, 1),  # one entry per query head (gpt-oss's attention sinks)
         }
         notes = []
         embed_mul = k ** -0.5 if family.embed_scale == "sqrt_hidden" else 1.0

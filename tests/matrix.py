@@ -122,6 +122,8 @@ NEW_LABELS = ("new_a", "new_b")
 def _add_heads(config):
     from hf_expand import AddHeads
 
+    if getattr(config, "num_attention_heads", None) is None:  # no attention (Mamba): planning refuses any count
+        return AddHeads(2)
     valid = AddHeads(1).valid_counts(config)
     return AddHeads(valid[0] if valid else 2)
 
@@ -260,6 +262,12 @@ MORE_FAMILY_CONFIGS = {
     "deberta-v2": {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "norm_rel_ebd": "layer_norm",
                    "position_buckets": 16, "max_relative_positions": -1, "share_att_key": True,
                    "position_biased_input": False},
+    # state-space and hybrid: LFM2's short-convolution + attention blocks (FFN width taken as stored), Mamba
+    "lfm2": {"layer_types": ["conv", "full_attention", "conv"], "block_auto_adjust_ff_dim": False},
+    "mamba": {"state_size": 8, "expand": 2, "conv_kernel": 4},
+    # Falcon-H1: a Mamba-2 mixer beside the attention in every block
+    "falcon_h1": {"mamba_d_ssm": 64, "mamba_n_heads": 4, "mamba_d_head": 16, "mamba_d_state": 8, "mamba_n_groups": 1,
+                  "mamba_chunk_size": 16, "projectors_bias": False},
     # MLA attention: per-head no-rope + rope query parts, low-rank q and kv (queries and keys need as many heads)
     **{f: {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 40, "n_shared_experts": 1,
            "first_k_dense_replace": 1, "kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8,

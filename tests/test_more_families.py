@@ -50,6 +50,10 @@ REFUSED = {
                                                                    "deepseek_v3")},
     ("ernie4_5_moe", "depth_upscale"): "dense or MoE from its index",
     ("gpt_oss", "widen_ffn"): "interleaves gate and up column by column",
+    ("mamba", "widen_ffn"): "Mamba has no FFN",
+    ("mamba", "widen_hidden"): "inner width is expand x hidden_size",
+    ("mamba", "add_heads"): "Mamba has no attention heads",
+    ("falcon_h1", "widen_hidden"): "Mamba-2 mixer's inner width and heads",
     **{("modernbert", op): "from its index" for op in ("add_layers", "depth_upscale")},
     **{(f, op): "MLA attention packs" for f in ("deepseek_v2", "deepseek_v3") for op in ("add_heads", "widen_hidden")},
     **{(f, "add_heads"): "head size is (computed as )?(hidden_size|d_model) / (n_head|n_heads|num_attention_heads)"
@@ -136,3 +140,16 @@ def test_family_grows_exactly_or_is_refused(family, op, saved, tmp_path):
         assert min(new_ids) >= base.config.get_text_config().vocab_size
         grad_probes.batches[0]["input_ids"][0, : len(new_ids)] = torch.tensor(new_ids)
     assert_new_slices_learn(grown, record["new_slices"], grad_probes)
+
+
+def test_lfm2_derived_ffn_width_is_refused():
+    """With ``block_auto_adjust_ff_dim`` (real LFM2 checkpoints) the FFN width is derived from intermediate_size:
+    widen_ffn is refused up front with the way out; the other operations still plan."""
+    from hf_expand import AddLayers, WidenFFN, plan_growth
+    from matrix import more_tiny_config
+
+    config = more_tiny_config("lfm2")
+    config.block_auto_adjust_ff_dim = True
+    with pytest.raises(UnsupportedArchitecture, match="derived from intermediate_size.*block_auto_adjust_ff_dim to false"):
+        plan_growth(config, [WidenFFN(factor=1.5)])
+    assert plan_growth(config, [AddLayers(count=2)])

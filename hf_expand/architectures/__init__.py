@@ -362,7 +362,7 @@ def describe(config, model_cls=None) -> ModelLayout:
             f"architecture data for '{config.model_type}' names module(s) {missing} that "
             f"{type(model).__name__} does not have; fix hf_expand/architectures/data/{config.model_type}.json"
         )
-    if not any(p.ffn_field for p in params.values()):
+    if family.ffn and not any(p.ffn_field for p in params.values()):  # "ffn": [] = no FFN at all (Mamba)
         raise UnsupportedArchitecture(
             f"no FFN tensor of '{config.model_type}' matches its architecture data "
             f"(groups {[g.prefix or list(g.modules) for g in family.ffn]}); fix hf_expand/architectures/data/{config.model_type}.json"

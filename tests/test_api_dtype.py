@@ -8,20 +8,38 @@ import pytest
 import torch
 
 from hf_expand import AddLayers, WidenFFN, grow_model
-from tests.matrix import FAMILY_CONFIGS, tiny_model
+from tests.matrix import (FAMILY_CONFIGS, MORE_FAMILY_CONFIGS, more_operations, more_tiny_model,
+                          more_unsupported_reason, tiny_model)
 
 FAMILIES = sorted(FAMILY_CONFIGS)
+MORE = sorted(MORE_FAMILY_CONFIGS)
 DTYPES = [torch.bfloat16, torch.float16]
 
 
 def test_families_are_listed():
-    assert len(FAMILIES) >= 18
+    assert len(FAMILIES) >= 18 and len(MORE) >= 45
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_half_precision_model_grows_and_is_left_alone(family, dtype):
-    model = tiny_model(family).to(dtype)
+    _grows_and_leaves_the_caller_alone(tiny_model(family), dtype, [WidenFFN(factor=1.5), AddLayers(count=1)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("family", MORE)
+def test_half_precision_more_families(family, dtype):
+    """The families beyond the full matrix, with widen_ffn and add_layers where the family takes them."""
+
+    model = more_tiny_model(family)
+    ops = [op for name in ("widen_ffn", "add_layers") if more_unsupported_reason(family, name) is None
+           for op in more_operations(name, model.config, None)]
+    assert ops, family
+    _grows_and_leaves_the_caller_alone(model, dtype, ops)
+
+
+def _grows_and_leaves_the_caller_alone(model, dtype, ops):
+    model = model.to(dtype)
     model.train()  # the caller's mode must come back too
     generates = getattr(model, "generation_config", None) is not None  # encoders have none
     if generates:
@@ -30,7 +48,7 @@ def test_half_precision_model_grows_and_is_left_alone(family, dtype):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     buffers = {k: v.clone() for k, v in model.named_buffers()}
 
-    grown, report = grow_model(model, [WidenFFN(factor=1.5), AddLayers(count=1)])
+    grown, report = grow_model(model, ops)
 
     assert report.preserving and report.max_abs_diff <= 1e-4, report.max_abs_diff
     # the caller's model: same dtype, same bits, same buffers, same mode

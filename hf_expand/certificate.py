@@ -76,6 +76,17 @@ def _params_of(unit_name: str, unit: nn.Module, own_only: bool):
                 yield mod, pname, prefix + (f"{mod_name}." if mod_name else "") + pname
 
 
+def _raised_by_transformers(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the modelling code itself (its innermost Python frame is in transformers), not
+    from the streaming around it: hf-expand's hooks, a weight still on the meta device, memory."""
+    import traceback
+
+    if isinstance(exc, torch.OutOfMemoryError) or "meta" in str(exc):
+        return False
+    frames = list(traceback.walk_tb(exc.__traceback__))
+    return bool(frames) and "transformers" in frames[-1][0].f_code.co_filename.replace("\\", "/").split("/")
+
+
 SMALL_UNIT = 1 << 22  # parameters (16 MiB in fp32): a module outside the blocks this small is loaded once per run
 
 
@@ -109,73 +120,73 @@ class StreamedModel:
         from .reuse import fingerprint, reusable_blocks, share
 
         handles, wrapped, kept = [], [], []
-        last_block = f"{self.blocks_name}.{self.num_layers - 1}"
-        reusable = {} if reuse is None else reusable_blocks(reuse, self.model, self.blocks_name)
-        for name, unit in self.units:
-            own_only = unit is self.model or (name and self.blocks_name.startswith(name + "."))
-            params = list(_params_of(name, unit, bool(own_only)))
+        try:  # hooks come off and kept units are freed even when setting up fails half way
+            last_block = f"{self.blocks_name}.{self.num_layers - 1}"
+            reusable = {} if reuse is None else reusable_blocks(reuse, self.model, self.blocks_name)
+            for name, unit in self.units:
+                own_only = unit is self.model or (name and self.blocks_name.startswith(name + "."))
+                params = list(_params_of(name, unit, bool(own_only)))
 
-            in_block = name.startswith(self.blocks_name + ".")
+                in_block = name.startswith(self.blocks_name + ".")
 
-            def load(module, args, kwargs=None, params=params, in_block=in_block, prefix=len(name) + 1):
-                for mod, pname, full in params:
-                    shape = tuple(mod._parameters[pname].shape)
-                    if not in_block:  # embeddings, head: used once per batch, not worth keeping
-                        value = self.get(full)
-                    else:  # blocks: one fp32 buffer per block-relative name, filled again by every block
-                        key = (full[prefix:], shape)
-                        value = self.pool.get(key)
-                        if value is None:
-                            value = self.pool[key] = torch.empty(shape, dtype=torch.float32)
-                        value = self.get(full, value)
-                    mod._parameters[pname] = nn.Parameter(value, requires_grad=False)
+                def load(module, args, kwargs=None, params=params, in_block=in_block, prefix=len(name) + 1):
+                    for mod, pname, full in params:
+                        shape = tuple(mod._parameters[pname].shape)
+                        if not in_block:  # embeddings, head: used once per batch, not worth keeping
+                            value = self.get(full)
+                        else:  # blocks: one fp32 buffer per block-relative name, filled again by every block
+                            key = (full[prefix:], shape)
+                            value = self.pool.get(key)
+                            if value is None:
+                                value = self.pool[key] = torch.empty(shape, dtype=torch.float32)
+                            value = self.get(full, value)
+                        mod._parameters[pname] = nn.Parameter(value, requires_grad=False)
 
-            def free(module, args, output, params=params, name=name):
-                for mod, pname, full in params:
-                    mod._parameters[pname] = nn.Parameter(torch.empty(mod._parameters[pname].shape, device="meta"),
-                                                          requires_grad=False)
+                def free(module, args, output, params=params, name=name):
+                    for mod, pname, full in params:
+                        mod._parameters[pname] = nn.Parameter(torch.empty(mod._parameters[pname].shape, device="meta"),
+                                                              requires_grad=False)
 
-            if unit is self.model or (not in_block and _numel(params) <= SMALL_UNIT):
-                # the root's own parameters, and small modules outside the blocks, stay for the whole run: a
-                # module whose weight is read without calling it (DeBERTa's rel_embeddings) is loaded too
-                load(unit, ())
-                kept.append((unit, free))
-                continue
-            if not in_block:
-                handles.append(unit.register_forward_pre_hook(load))
-                handles.append(unit.register_forward_hook(free))
-                continue
-            j = int(name[len(self.blocks_name) + 1:])
+                if unit is self.model or (not in_block and _numel(params) <= SMALL_UNIT):
+                    # the root's own parameters, and small modules outside the blocks, stay for the whole run: a
+                    # module whose weight is read without calling it (DeBERTa's rel_embeddings) is loaded too
+                    kept.append((unit, free))
+                    load(unit, ())
+                    continue
+                if not in_block:
+                    handles.append(unit.register_forward_pre_hook(load))
+                    handles.append(unit.register_forward_hook(free))
+                    continue
+                j = int(name[len(self.blocks_name) + 1:])
 
-            def forward(*args, _run=unit.forward, _unit=unit, _j=j, _load=load, _free=free, _last=name == last_block,
-                        **kwargs):
-                key = fingerprint((args, kwargs)) if run.calls is not None or _j in reusable else None
-                i = reusable.get(_j)
-                recorded = reuse.ref.calls[i][self._batch] if i is not None else None
-                if recorded is not None and recorded[0] == key:
-                    output = share(recorded[1])  # same weights, code and inputs: the same output (reuse module)
-                    run.reused.add(_j)
-                else:
-                    _load(_unit, args)
-                    try:
-                        output = _run(*args, **kwargs)
-                    finally:
-                        _free(_unit, args, None)
-                kept = share(output) if run.calls is not None else None
-                if kept is not None:
-                    run.calls[_j].append((key, kept))
-                h = kept if kept is not None else output
-                h = h[0] if isinstance(h, (tuple, list)) else h
-                run.hidden[_j].append(h if kept is not None and h.dtype == torch.float32 else h.detach().float().clone())
-                if self.bar is not None:
-                    self.bar.update(1)
-                if _last:
-                    self.pool.clear()  # the head comes next: its fp32 copy need not sit beside the pool
-                return output
+                def forward(*args, _run=unit.forward, _unit=unit, _j=j, _load=load, _free=free, _last=name == last_block,
+                            **kwargs):
+                    key = fingerprint((args, kwargs)) if run.calls is not None or _j in reusable else None
+                    i = reusable.get(_j)
+                    recorded = reuse.ref.calls[i][self._batch] if i is not None else None
+                    if recorded is not None and recorded[0] == key:
+                        output = share(recorded[1])  # same weights, code and inputs: the same output (reuse module)
+                        run.reused.add(_j)
+                    else:
+                        _load(_unit, args)
+                        try:
+                            output = _run(*args, **kwargs)
+                        finally:
+                            _free(_unit, args, None)
+                    shared = share(output) if run.calls is not None else None
+                    if shared is not None:
+                        run.calls[_j].append((key, shared))
+                    h = shared if shared is not None else output
+                    h = h[0] if isinstance(h, (tuple, list)) else h
+                    run.hidden[_j].append(h if shared is not None and h.dtype == torch.float32 else h.detach().float().clone())
+                    if self.bar is not None:
+                        self.bar.update(1)
+                    if _last:
+                        self.pool.clear()  # the head comes next: its fp32 copy need not sit beside the pool
+                    return output
 
-            unit.forward = forward
-            wrapped.append(unit)
-        try:
+                unit.forward = forward
+                wrapped.append(unit)
             yield
         finally:
             for h in handles:
@@ -200,8 +211,8 @@ class StreamedModel:
                     try:
                         out = self.model(**batch, **no_cache)
                     except (AttributeError, TypeError, ValueError, IndexError, RuntimeError) as exc:
-                        if self.what != "base":  # the grown side failing where the base ran is hf-expand's bug
-                            raise
+                        if self.what != "base" or not _raised_by_transformers(exc):
+                            raise  # the grown side failing where the base ran, or the streaming itself: ours
                         import transformers
 
                         from .errors import UnsupportedArchitecture
@@ -210,8 +221,8 @@ class StreamedModel:
                         raise UnsupportedArchitecture(
                             f"the base model's own forward ({type(self.model).__name__}, transformers "
                             f"{transformers.__version__}) fails on text-only probes ({type(exc).__name__}: {first}); "
-                            f"hf-expand verifies growth by running it, so it cannot grow this checkpoint; nothing "
-                            f"was written") from None
+                            f"hf-expand verifies growth by running it, so it cannot grow or verify this checkpoint; "
+                            f"nothing was written") from None
                     run.outputs.append(_main_output(out).float())
         finally:
             self.bar.close()

@@ -656,8 +656,10 @@ def exit_now(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
-            pass
+        except BrokenPipeError:  # the reader left (`| head`): 128 + SIGPIPE, as main() and shells do
+            code = code or 141
+        except (OSError, ValueError):  # a full disk behind `> file`: the output is incomplete, so not a success
+            code = code or 120  # what the interpreter itself exits with when its final flush fails
     os._exit(code)
 
 

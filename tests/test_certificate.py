@@ -147,3 +147,34 @@ def test_kl_is_zero_for_identity_and_positive_for_a_fault(grown_pair, tmp_path):
     cert, _ = streamed_certificate(str(base), str(bad), default_probes(0, [], str(base)))
     assert cert.kl["kl_max"] > 0 and cert.max_abs_diff > 0
     assert torch.isfinite(torch.tensor(cert.kl["kl_mean"]))
+
+
+@pytest.mark.parametrize("family", ["llama", "modernbert"])
+def test_streaming_of_large_outside_modules_still_exact(family, tmp_path, monkeypatch):
+    """Tiny models keep every module outside the blocks loaded for the whole pass (``SMALL_UNIT``); real ones
+    stream their embeddings and heads (loaded before the call, freed after). With the threshold at 0 the tiny
+    models take that path too, and growth stays exact."""
+    from hf_expand import AddLayers, WidenFFN, certificate, grow_checkpoint
+    from matrix import more_tiny_model, tiny_model
+
+    monkeypatch.setattr(certificate, "SMALL_UNIT", 0)
+    model = tiny_model(family) if family == "llama" else more_tiny_model(family)
+    model.save_pretrained(tmp_path / "base")
+    report = grow_checkpoint(str(tmp_path / "base"), tmp_path / "out", [WidenFFN(factor=1.5), AddLayers(count=1)]
+                             if family == "llama" else [WidenFFN(factor=1.5)])
+    assert report.reloaded_max_abs_diff <= 1e-5
+
+
+def test_a_streaming_failure_is_not_blamed_on_the_base_model(tmp_path, monkeypatch):
+    """DeBERTa reads rel_embeddings without calling it. Streamed as a large module would be, the weight is still
+    on the meta device when read: that is hf-expand's failure, and it must not be reported as "the base model's
+    own forward fails" (that line is for transformers' own bugs)."""
+    from hf_expand import AddLayers, certificate, grow_checkpoint
+    from matrix import more_tiny_model
+
+    monkeypatch.setattr(certificate, "SMALL_UNIT", 0)
+    more_tiny_model("deberta-v2").save_pretrained(tmp_path / "base")
+    with pytest.raises(RuntimeError, match="meta") as err:
+        grow_checkpoint(str(tmp_path / "base"), tmp_path / "out", [AddLayers(count=1)])
+    assert "own forward" not in str(err.value)
+    assert not (tmp_path / "out").exists()

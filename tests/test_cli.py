@@ -252,7 +252,13 @@ def test_exit_now_runs_exit_handlers_and_flushes(tmp_path):
             "    threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
             "print('buffered', end=' ')\n"
             "exit_now(3)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # really buffered output
     for mode, expected in (("plain", "buffered handler ran\n"), ("thread", "buffered thread done\nhandler ran\n")):
-        run = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=120)
+        run = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=120, env=env)
         assert run.returncode == 3, (mode, run.stderr)
         assert run.stdout == expected, (mode, run.stdout)
+    # output that cannot be flushed (a full disk behind `> file`) is not a success: 120, as the interpreter says
+    with open("/dev/full", "w") as full:
+        run = subprocess.run([sys.executable, "-c", code.replace("exit_now(3)", "exit_now(0)"), "plain"],
+                             stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    assert run.returncode == 120, run.stderr

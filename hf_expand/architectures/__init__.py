@@ -53,6 +53,10 @@ _ALLOWED_KEYS = {
 }
 
 
+# what an "infer": true file may add to an inferred layout (describe merges exactly these)
+_INFER_FILE_KEYS = {"infer", "comment", "roles", "packed", "refuse", "transposed"}
+
+
 @dataclass(frozen=True)
 class FfnGroup:
     """One FFN space: the config field that sizes it and the layer-relative module prefix it lives under."""
@@ -175,6 +179,12 @@ def family_data(model_type: str) -> FamilyData:
     unknown = set(raw) - _ALLOWED_KEYS
     if unknown:
         raise UnsupportedArchitecture(f"{path.name}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_ALLOWED_KEYS)}")
+    if "ffn" not in raw and not raw.get("infer"):  # only an explicit "ffn": [] means "no FFN" (Mamba)
+        raise UnsupportedArchitecture(f"{path.name}: no \"ffn\" key; list the FFN groups, or [] for a family without one")
+    dropped = set(raw) - _INFER_FILE_KEYS if raw.get("infer") else set()
+    if dropped:  # an "infer" file only adds these to the inference; anything else would be ignored
+        raise UnsupportedArchitecture(f"{path.name}: key(s) {sorted(dropped)} have no effect with \"infer\": true "
+                                      f"(allowed there: {sorted(_INFER_FILE_KEYS)})")
     post = raw.get("post_norm")
     return FamilyData(
         model_type=model_type,

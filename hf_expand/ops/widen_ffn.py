@@ -59,6 +59,8 @@ class WidenFFN:
         """config field -> (old width, new width) for every FFN space of the family."""
         used = {p.ffn_field for p in layout.params.values() if p.ffn_field}
         groups = [g for g in layout.family.ffn if g.field in used]  # a config field no layer uses stays as it is
+        if not groups:
+            raise UnsupportedArchitecture(f"widen_ffn is not supported for {config.model_type}: it has no FFN")
         primary_old = ffn_size(config, groups[0])
         if self.size is not None:
             if self.size <= primary_old:

@@ -637,10 +637,10 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
 
     _on_main(accelerator, save)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
     if t.replace:
         _on_main(accelerator, lambda: _replace_out(t))
         accelerator.wait_for_everyone()
+    accelerator.end_training()  # last: it destroys the process group the barriers above need
     return section
 
 

@@ -8,6 +8,8 @@ family whose config takes a head_dim: no two spaces coincide, so a swapped dimen
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 COMMON = dict(hidden_size=64, intermediate_size=88, num_hidden_layers=3, num_attention_heads=4,
@@ -332,6 +334,7 @@ def more_operations(op: str, config, tokenizer):
     return ALL_CASES[OPERATION_CASES[op]][1](config, tokenizer)
 
 
+@functools.lru_cache(maxsize=None)  # planning builds meta models: the tests ask for each cell more than once
 def more_unsupported_reason(family: str, op: str) -> str | None:
     """Why ``op`` cannot apply to the tiny model of a family beyond the full matrix (planning only), or None."""
     from hf_expand import UnsupportedArchitecture, plan_growth

@@ -100,8 +100,24 @@ def _load(path):
     return auto_class_for(config).from_pretrained(path, dtype=torch.float32).eval()
 
 
+@pytest.fixture(scope="module")
+def base_outputs(saved):
+    """(family, classifier?) -> the saved base model reloaded in stock transformers, and its outputs on the test's
+    probes (computed once per family, not once per operation)."""
+    cache = {}
+
+    def get(family, classifier=False):
+        key = (family, classifier)
+        if key not in cache:
+            base = _load(saved(family, classifier))
+            probes = make_probes(base.config, seed=11)  # other probes than the ones growth used
+            cache[key] = base, probes, outputs(base, probes)
+        return cache[key]
+    return get
+
+
 @pytest.mark.parametrize("family,op", CELLS)
-def test_family_grows_exactly_or_is_refused(family, op, saved, tmp_path):
+def test_family_grows_exactly_or_is_refused(family, op, saved, base_outputs, tmp_path):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path / "grown"
@@ -123,14 +139,14 @@ def test_family_grows_exactly_or_is_refused(family, op, saved, tmp_path):
     record = json.loads((out / RECORD_FILE).read_text())
     assert record["layout"] == ("inferred" if layout_is_inferred(family) else "data")
     assert record["verification"]["certificate"]["blocks"]
-    base, grown = _load(base_dir), _load(out)
+    base, probes, base_out = base_outputs(family, classifier=op == "add_labels")
+    grown = _load(out)
     assert type(grown) is type(base) and grown.num_parameters() > base.num_parameters()
-    probes = make_probes(base.config, seed=11)  # other probes than the ones growth used
     if op == "depth_upscale":  # changes the outputs by design: recorded, not enforced
         (o,) = report.operations
         assert not o.preserving and o.max_abs_diff > 0
         return
-    diff = max_abs_diff(outputs(base, probes), outputs(grown, probes), probes)
+    diff = max_abs_diff(base_out, outputs(grown, probes), probes)
     tol = 1e-4 if family in MORE_ENCODERS else 1e-5
     assert diff <= tol, f"{family}/{op}: max |base - grown| = {diff:.3g} > {tol}"
 

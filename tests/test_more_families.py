@@ -12,14 +12,13 @@ import re
 import pytest
 import torch
 
-from conftest import assert_new_slices_learn
+from conftest import _saved_models, assert_new_slices_learn, load_stock
 from hf_expand import UnsupportedArchitecture, grow_checkpoint
 from hf_expand.architectures import layout_is_inferred
 from hf_expand.grow import RECORD_FILE
-from hf_expand.model_io import auto_class_for
 from hf_expand.verify import make_probes, max_abs_diff, outputs
 from matrix import (FAMILY_CONFIGS, MORE_ENCODERS, MORE_FAMILY_CONFIGS, MORE_OPERATIONS, NEW_TOKENS, has_classifier,
-                    more_operations, more_tiny_model, more_unsupported_reason, no_classifier_reason, tiny_tokenizer)
+                    more_operations, more_tiny_model, more_unsupported_reason, no_classifier_reason)
 
 FAMILIES = sorted(MORE_FAMILY_CONFIGS)
 CELLS = [(f, op) for f in FAMILIES for op in MORE_OPERATIONS]
@@ -80,24 +79,9 @@ def test_refused_cells_are_the_ones_planning_refuses():
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """(family, classifier?) -> folder of the tiny model saved with the tiny tokenizer."""
-    root = tmp_path_factory.mktemp("more")
-    cache = {}
-
-    def get(family, classifier=False):
-        key = (family, classifier)
-        if key not in cache:
-            cache[key] = root / f"{family}{'-cls' if classifier else ''}"
-            more_tiny_model(family, classifier=classifier).save_pretrained(cache[key])
-            tiny_tokenizer().save_pretrained(cache[key])
-        return cache[key]
-    return get
-
-
-def _load(path):
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
-    return auto_class_for(config).from_pretrained(path, dtype=torch.float32).eval()
+    lms = _saved_models(tmp_path_factory, "more", more_tiny_model)
+    classifiers = _saved_models(tmp_path_factory, "more_cls", lambda f: more_tiny_model(f, classifier=True))
+    return lambda family, classifier=False: (classifiers if classifier else lms)(family)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +93,7 @@ def base_outputs(saved):
     def get(family, classifier=False):
         key = (family, classifier)
         if key not in cache:
-            base = _load(saved(family, classifier))
+            base = load_stock(saved(family, classifier))
             probes = make_probes(base.config, seed=11)  # other probes than the ones growth used
             cache[key] = base, probes, outputs(base, probes)
         return cache[key]
@@ -140,7 +124,7 @@ def test_family_grows_exactly_or_is_refused(family, op, saved, base_outputs, tmp
     assert record["layout"] == ("inferred" if layout_is_inferred(family) else "data")
     assert record["verification"]["certificate"]["blocks"]
     base, probes, base_out = base_outputs(family, classifier=op == "add_labels")
-    grown = _load(out)
+    grown = load_stock(out)
     assert type(grown) is type(base) and grown.num_parameters() > base.num_parameters()
     if op == "depth_upscale":  # changes the outputs by design: recorded, not enforced
         (o,) = report.operations

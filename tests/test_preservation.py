@@ -9,11 +9,10 @@ import json
 import pytest
 import torch
 
-from conftest import FAMILY_CONFIGS, POST_NORM, assert_new_slices_learn
+from conftest import FAMILY_CONFIGS, POST_NORM, assert_new_slices_learn, load_stock
 from matrix import CASES, EXPECTED_UNSUPPORTED, IMPLIED_HEAD_SIZE, NEW_LABELS, NEW_TOKENS, unsupported_reason
 from hf_expand import UnsupportedArchitecture, grow_checkpoint
 from hf_expand.grow import RECORD_FILE
-from hf_expand.model_io import auto_class_for
 from hf_expand.verify import make_probes, max_abs_diff, outputs
 
 TABLE = [(family, case) for family in FAMILY_CONFIGS for case in CASES]
@@ -27,13 +26,6 @@ def test_table_is_complete():
 def test_exactly_the_expected_cells_are_unsupported():
     unsupported = {(f, c) for f, c in TABLE if unsupported_reason(f, c)}
     assert unsupported == EXPECTED_UNSUPPORTED
-
-
-def _load(path):
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
-    return auto_class_for(config).from_pretrained(path, dtype=torch.float32).eval()
 
 
 @pytest.mark.parametrize("family,case", TABLE)
@@ -55,7 +47,7 @@ def test_growth_preserves_outputs(family, case, tiny_checkpoints, tiny_classifie
         return
 
     report = grow_checkpoint(str(base_dir), out, ops, seed=3)
-    base, grown = _load(base_dir), _load(out)
+    base, grown = load_stock(base_dir), load_stock(out)
     assert type(grown) is type(base)
     probes = make_probes(base.config, seed=11)  # different probes from the ones growth used
     assert (probes.batches[0]["attention_mask"] == 0).any(), "probes must contain padding"

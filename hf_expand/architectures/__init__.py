@@ -19,7 +19,8 @@ Data file keys (see :class:`FamilyData`): ``ffn`` (FFN spaces: the sizing ``fiel
 or ``modules`` list), ``roles`` (``in``: writes a space, ``out``: reads it back into the residual stream),
 ``packed`` (stacked projections), ``qkv_sections``, ``post_norm``, ``head_norms``, ``norm_offset``,
 ``embed_scale``, ``hidden_sized_fields``, ``layer_index_fields``, ``layer_threshold_fields``, ``refuse``
-(``op``, optional ``field`` and ``allowed`` values, ``why``), ``infer``, ``comment``.
+(``op``, optional ``field`` and ``allowed`` values, ``why``), ``infer``, ``comment``, ``like`` (another family
+whose file this one repeats: its keys, then this file's own on top).
 
 ``describe(config)`` returns a :class:`ModelLayout` listing every parameter with its layer index,
 role and grow axis. Growth operations read only this layout, never model classes.
@@ -49,7 +50,7 @@ _SIZE_NAMES = {"n_embd", "n_inner", "d_model", "dim", "hidden_dim", "ffn_dim", "
 
 _ALLOWED_KEYS = {
     "ffn", "roles", "packed", "post_norm", "refuse", "layer_index_fields", "layer_threshold_fields", "comment",
-    "qkv_sections", "head_norms", "norm_offset", "embed_scale", "hidden_sized_fields", "infer", "transposed",
+    "qkv_sections", "head_norms", "norm_offset", "embed_scale", "hidden_sized_fields", "infer", "transposed", "like",
 }
 
 
@@ -176,6 +177,8 @@ def family_data(model_type: str) -> FamilyData:
             f"(known: {', '.join(known_families())}); add hf_expand/architectures/data/{model_type}.json"
         )
     raw = json.loads(path.read_text())
+    if "like" in raw:  # a family that is another one in transformers (CamemBERT is a RoBERTa)
+        raw = {**json.loads((DATA_DIR / f"{raw['like']}.json").read_text()), **raw}
     unknown = set(raw) - _ALLOWED_KEYS
     if unknown:
         raise UnsupportedArchitecture(f"{path.name}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_ALLOWED_KEYS)}")

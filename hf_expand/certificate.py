@@ -31,12 +31,16 @@ class Run:
     """One model's outputs on the probes: main output and the hidden state after every block, per batch.
 
     ``calls[i][b]``: when recorded, block i's call on batch b as ``(fingerprint of its inputs, its output)``
-    (:mod:`hf_expand.reuse`); ``reused``: the blocks whose output was taken from a reference run."""
+    (:mod:`hf_expand.reuse`); ``unit_calls[name][b]``: the same for a streamed module outside the blocks
+    (embeddings, head); ``reused``: the blocks whose output was taken from a reference run (``reused_units``:
+    the modules outside the blocks)."""
 
     outputs: list[torch.Tensor]
     hidden: list[list[torch.Tensor]]  # [block][batch]
     calls: list[list[tuple]] | None = None
     reused: set[int] = field(default_factory=set)
+    unit_calls: dict[str, list[tuple]] | None = None
+    reused_units: set[str] = field(default_factory=set)
 
 
 def _block_list(model: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
@@ -117,12 +121,16 @@ class StreamedModel:
 
     @contextlib.contextmanager
     def _hooks(self, run: Run, reuse=None):
-        from .reuse import fingerprint, reusable_blocks, share
+        from .reuse import fingerprint, reusable_blocks, reusable_units, share
 
         handles, wrapped, kept = [], [], []
         try:  # hooks come off and kept units are freed even when setting up fails half way
             last_block = f"{self.blocks_name}.{self.num_layers - 1}"
             reusable = {} if reuse is None else reusable_blocks(reuse, self.model, self.blocks_name)
+            streamed_units = [name for name, unit in self.units if unit is not self.model
+                              and not name.startswith(self.blocks_name + ".")
+                              and _numel(_params_of(name, unit, False)) > SMALL_UNIT]
+            same_units = set() if reuse is None else reusable_units(reuse, self.model, streamed_units)
             for name, unit in self.units:
                 own_only = unit is self.model or (name and self.blocks_name.startswith(name + "."))
                 params = list(_params_of(name, unit, bool(own_only)))
@@ -153,9 +161,30 @@ class StreamedModel:
                     kept.append((unit, free))
                     load(unit, ())
                     continue
-                if not in_block:
+                if not in_block and run.unit_calls is None and name not in same_units:
                     handles.append(unit.register_forward_pre_hook(load))
                     handles.append(unit.register_forward_hook(free))
+                    continue
+                if not in_block:  # recorded, or possibly the reference's output (the same rule as blocks, below)
+                    def forward(*args, _run=unit.forward, _unit=unit, _name=name, _load=load, _free=free, **kwargs):
+                        key = fingerprint((args, kwargs))
+                        calls = reuse.ref.unit_calls.get(_name) if _name in same_units else None
+                        recorded = calls[self._batch] if calls and self._batch < len(calls) else None
+                        if recorded is not None and recorded[0] == key:
+                            output = share(recorded[1])
+                            run.reused_units.add(_name)
+                        else:
+                            _load(_unit, args)
+                            try:
+                                output = _run(*args, **kwargs)
+                            finally:
+                                _free(_unit, args, None)
+                        if run.unit_calls is not None:
+                            run.unit_calls.setdefault(_name, []).append((key, share(output)))
+                        return output
+
+                    unit.forward = forward
+                    wrapped.append(unit)
                     continue
                 j = int(name[len(self.blocks_name) + 1:])
 
@@ -201,7 +230,8 @@ class StreamedModel:
         """The probes through the model. ``record``: keep each block call's input fingerprint and output, so a
         later run can reuse them; ``reuse``: a :class:`reuse.Reuse` naming the recorded run this one may take
         block outputs from (see :mod:`hf_expand.reuse`)."""
-        run = Run([], [[] for _ in range(self.num_layers)], [[] for _ in range(self.num_layers)] if record else None)
+        run = Run([], [[] for _ in range(self.num_layers)], [[] for _ in range(self.num_layers)] if record else None,
+                  unit_calls={} if record else None)
         no_cache = {"use_cache": False} if "use_cache" in inspect.signature(self.model.forward).parameters else {}
         self.bar = tqdm(total=self.num_layers * len(probes.batches), desc=f"verifying {self.what}", unit="block",
                         disable=not progress, leave=False)
@@ -271,13 +301,17 @@ class Certificate:
     max_abs_diff: float
     blocks: list[dict] = field(default_factory=list)  # {"block", "counterpart", "max_abs_diff"}
     kl: dict[str, float] = field(default_factory=dict)
+    reused_modules: list[str] = field(default_factory=list)  # outside the blocks (embeddings, head)
 
     def first_block_over(self, tolerance: float) -> dict | None:
         return next((b for b in self.blocks if b["max_abs_diff"] is not None
                      and (math.isnan(b["max_abs_diff"]) or b["max_abs_diff"] > tolerance)), None)
 
     def to_record(self) -> dict:
-        return {"final_max_abs_diff": self.max_abs_diff, "kl": self.kl, "blocks": self.blocks}
+        out = {"final_max_abs_diff": self.max_abs_diff, "kl": self.kl, "blocks": self.blocks}
+        if self.reused_modules:
+            out["reused_modules"] = self.reused_modules
+        return out
 
 
 def compare(ref: Run, grown: Run, probes: Probes, counterparts: list[int | None],
@@ -297,7 +331,7 @@ def compare(ref: Run, grown: Run, probes: Probes, counterparts: list[int | None]
             row["reused"] = True  # same stored bytes, code and inputs as its counterpart: its output (reuse module)
         rows.append(row)
     diff = max_abs_diff(ref.outputs, grown.outputs, probes, exclude, names=names)
-    return Certificate(diff, rows, kl_divergence(ref.outputs, grown.outputs, probes, exclude))
+    return Certificate(diff, rows, kl_divergence(ref.outputs, grown.outputs, probes, exclude), sorted(grown.reused_units))
 
 
 def render(cert: Certificate, tolerance: float, limit: int = 12) -> list[str]:
@@ -317,4 +351,7 @@ def render(cert: Certificate, tolerance: float, limit: int = 12) -> list[str]:
                          f"its output, not run again)")
         lines.extend(f"  block {b['block']:>3} (vs {b['counterpart']:>3}{', reused' if b.get('reused') else ''}): "
                      f"max |Δ| = {b['max_abs_diff']:.3g}" for b in shown)
+    if cert.reused_modules:
+        lines.append(f"outside the blocks, stored as the reference's bytes and fed its exact inputs (output reused): "
+                     f"{', '.join(cert.reused_modules)}")
     return lines

@@ -5,7 +5,9 @@ reads, and its inputs. When all of these are bit-identical to those of a block i
 output is bit-identical to that block's recorded output (same stock code, same shapes, same machine: CPU
 kernels are deterministic), so the certificate takes the recorded output instead of reading and running
 the block again. Depth growth (LLaMA Pro, ``add_layers``) leaves most blocks byte-identical copies whose
-inputs are unchanged, so the grown model's pass costs about the new blocks only.
+inputs are unchanged, so the grown model's pass costs about the new blocks only. The modules outside the
+block list that are streamed (embeddings, head) follow the same rules against the reference's module of the
+same name: a real model's embeddings and head are each as large as a block or two.
 
 What is checked, block by block (any doubt means the block runs):
 
@@ -74,6 +76,26 @@ def reusable_blocks(reuse: Reuse, model: nn.Module, blocks_name: str) -> dict[in
             continue
         if all(reuse.same_weights(f"{blocks_name}.{j}.{n}", f"{ref_blocks_name}.{i}.{n}") for n, _ in a.named_parameters()):
             out[j] = i
+    return out
+
+
+def reusable_units(reuse: Reuse, model: nn.Module, names: list[str]) -> set[str]:
+    """The modules outside the block list (embeddings, head) that are the reference's module of the same name:
+    same structure, attributes and code, every parameter stored as the same bytes (inputs compared per call)."""
+    if reuse.ref.unit_calls is None:
+        return set()
+    differing = _differing_config_fields(model.config, reuse.ref_model.config)
+    out = set()
+    for name in names:
+        if not reuse.ref.unit_calls.get(name):
+            continue
+        try:
+            a, b = model.get_submodule(name), reuse.ref_model.get_submodule(name)
+        except AttributeError:
+            continue
+        if same_structure(a, b, differing) and all(
+                reuse.same_weights(f"{name}.{n}", f"{name}.{n}") for n, _ in a.named_parameters()):
+            out.add(name)
     return out
 
 

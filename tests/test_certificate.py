@@ -165,6 +165,27 @@ def test_streaming_of_large_outside_modules_still_exact(family, tmp_path, monkey
     assert report.reloaded_max_abs_diff <= 1e-5
 
 
+def test_embeddings_and_head_are_reused_only_when_bytes_and_inputs_match(grown_pair, tmp_path, capsys, monkeypatch):
+    """Streamed (``SMALL_UNIT`` 0), the grown model's embeddings and head are the base's bytes fed the base's
+    inputs: their outputs are reused. A changed head value stops the reuse, and the fault is caught."""
+    from hf_expand import certificate
+
+    monkeypatch.setattr(certificate, "SMALL_UNIT", 0)
+    base, grown = grown_pair
+    r = _cli(capsys, "verify", base, grown, "-q")
+    assert r.returncode == 0, r.stderr
+    line = next(line for line in r.stdout.splitlines() if line.startswith("outside the blocks"))
+    stored = load_file(grown / "model.safetensors")
+    head = "lm_head" if "lm_head.weight" in stored else None
+    assert "model.embed_tokens" in line and (head is None or head in line), line
+    name = "lm_head.weight" if head else "model.embed_tokens.weight"
+    bad = _corrupt(grown, name, (3, 3), 5.0, tmp_path / "bad")
+    r = _cli(capsys, "verify", base, bad, "-q")
+    assert r.returncode == 1, r.stdout
+    reused = next((line for line in r.stdout.splitlines() if line.startswith("outside the blocks")), "")
+    assert name.rsplit(".", 1)[0] not in reused, reused
+
+
 def test_a_streaming_failure_is_not_blamed_on_the_base_model(tmp_path, monkeypatch):
     """DeBERTa reads rel_embeddings without calling it. Streamed as a large module would be, the weight is still
     on the meta device when read: that is hf-expand's failure, and it must not be reported as "the base model's

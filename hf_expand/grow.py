@@ -17,7 +17,7 @@ import transformers
 from transformers.initialization import no_init_weights
 
 from . import __version__
-from .architectures import describe, layout_is_inferred
+from .architectures import describe, encoder_decoder_problem, layout_is_inferred
 from .errors import HfExpandError, NonFiniteOutputs, PreservationError, UnsupportedArchitecture
 from .execute import execute
 from .model_io import (
@@ -135,6 +135,9 @@ def plan_growth(config, operations: Sequence, model_cls=None) -> list[Plan]:
 
     if is_wrapper(config):
         return TextTower(config, model_cls).plans(operations)
+    problem = encoder_decoder_problem(config)
+    if problem:  # before any operation's own checks: no operation applies
+        raise UnsupportedArchitecture(problem)
     plans = []
     for op in sort_operations(operations):
         layout = describe(config, model_cls)
@@ -217,6 +220,9 @@ def grow_model(
     # The maths runs in fp32 whatever the model's dtype, so the in-memory check uses the fp32 tolerance;
     # rounding to the checkpoint's dtype is judged after saving (grow_checkpoint's reload check).
     tolerance = default_tolerance(torch.float32) if tolerance is None else tolerance
+    problem = encoder_decoder_problem(model.config)
+    if problem:  # refused before the base model runs (its forward wants decoder inputs too)
+        raise UnsupportedArchitecture(problem)
     caller, was_training = model, model.training
     dtype, device = _dtype_and_device(model)
     if dtype != torch.float32 or device.type != "cpu":

@@ -17,8 +17,8 @@ from hf_expand import UnsupportedArchitecture, grow_checkpoint
 from hf_expand.architectures import layout_is_inferred
 from hf_expand.grow import RECORD_FILE
 from hf_expand.verify import make_probes, max_abs_diff, outputs
-from matrix import (FAMILY_CONFIGS, MORE_ENCODERS, MORE_FAMILY_CONFIGS, MORE_OPERATIONS, NEW_TOKENS, has_classifier,
-                    more_operations, more_tiny_model, more_unsupported_reason, no_classifier_reason)
+from matrix import (FAMILY_CONFIGS, MORE_ENCODERS, MORE_FAMILY_CONFIGS, MORE_OPERATIONS, MORE_SEQ2SEQ, NEW_TOKENS,
+                    has_classifier, more_operations, more_tiny_model, more_unsupported_reason, no_classifier_reason)
 
 FAMILIES = sorted(MORE_FAMILY_CONFIGS)
 CELLS = [(f, op) for f in FAMILIES for op in MORE_OPERATIONS]
@@ -58,6 +58,7 @@ REFUSED = {
     **{(f, "add_heads"): "head size is (computed as )?(hidden_size|d_model) / (n_head|n_heads|num_attention_heads)"
        for f in ("bloom", "mpt", "gpt_bigcode", "gptj", "codegen", "stablelm", "electra", "xlm-roberta", "camembert",
                  "data2vec-text", "modernbert", "deberta-v2")},
+    **{(f, op): "an encoder-decoder model .* cannot grow encoder-decoders yet" for f in MORE_SEQ2SEQ for op in MORE_OPERATIONS},
 }
 
 
@@ -153,3 +154,24 @@ def test_lfm2_derived_ffn_width_is_refused():
     with pytest.raises(UnsupportedArchitecture, match="derived from intermediate_size.*block_auto_adjust_ff_dim to false"):
         plan_growth(config, [WidenFFN(factor=1.5)])
     assert plan_growth(config, [AddLayers(count=2)])
+
+
+@pytest.mark.parametrize("family", sorted(MORE_SEQ2SEQ))
+def test_encoder_decoders_are_refused_by_the_python_api_and_the_cli(family, saved, tmp_path, capsys):
+    """T5 and BART have an encoder and a decoder stack: one line, exit 2, nothing written; grow_model says the same
+    and leaves the caller's model as it was."""
+    from hf_expand import WidenFFN, grow_model
+    from hf_expand.cli import main
+
+    assert len(MORE_SEQ2SEQ) == 2
+    model = more_tiny_model(family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UnsupportedArchitecture, match="encoder-decoder"):
+        grow_model(model, [WidenFFN(factor=1.5)])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    folder = saved(family)
+    capsys.readouterr()
+    code = main(["grow", str(folder), "--out", str(tmp_path / "out"), "--add-layers", "1", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot grow encoder-decoders yet" in err[0], err
+    assert not (tmp_path / "out").exists()

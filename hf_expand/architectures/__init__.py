@@ -315,8 +315,20 @@ def _match(rel: str, table: Mapping[str, Any]) -> str | None:
     return None
 
 
+def encoder_decoder_problem(config) -> str | None:
+    """Why an encoder-decoder (T5, BART, ...) cannot be grown, or None for a model with one block stack."""
+    if not getattr(config, "is_encoder_decoder", False):
+        return None
+    return ("this is an encoder-decoder model (an encoder and a decoder block stack joined by "
+            "cross-attention); hf-expand grows models with one block stack (decoder-only or encoder-only) and cannot "
+            "grow encoder-decoders yet")
+
+
 def describe(config, model_cls=None) -> ModelLayout:
     """Build the :class:`ModelLayout` of ``config`` from a meta-device model (of ``model_cls`` if given)."""
+    problem = encoder_decoder_problem(config)
+    if problem:
+        raise UnsupportedArchitecture(problem)
     model = meta_model(config, model_cls)
     num_layers = int(config.num_hidden_layers)
     prefix = _find_block_list(model, num_layers)

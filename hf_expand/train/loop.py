@@ -477,7 +477,8 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
         from .lora import wrap_lora
 
         model, plan = wrap_lora(model, plan, a.lora_r, a.lora_alpha)
-    apply_masks(model, plan)
+    # `new`: partly-new tensors split into frozen old and trained new parameters (state for new entries only)
+    apply_masks(model, plan, split_partial=a.trainable == "new")
     optimizer = build_optimizer(model, plan, a.lr, a.weight_decay, a.new_lr)
     collate = D.collator(task, tokenizer, a.seed)
     eval_collate = D.collator(task, tokenizer, a.seed)  # its own: evaluations must not move the training masks
@@ -622,6 +623,9 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
 
     def save():
         unwrapped = accelerator.unwrap_model(model)
+        from .split import join
+
+        join(unwrapped)  # split tensors become plain parameters again: a plain save_pretrained folder
 
         def write(tmp: Path):
             nonlocal unwrapped

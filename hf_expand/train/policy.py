@@ -100,14 +100,21 @@ def plan_trainable(model, record: dict | None, policy: str, head_names: tuple[st
     return TrainablePlan(policy, modes, masks)
 
 
-def apply_masks(model, plan: TrainablePlan) -> list:
-    """Set ``requires_grad`` and install the gradient hooks; returns the hook handles."""
+def apply_masks(model, plan: TrainablePlan, split_partial: bool = False) -> list:
+    """Set ``requires_grad``, and either install the gradient hooks on partly-new tensors (returns the hook
+    handles) or, with ``split_partial``, split them into a frozen old and a trained new parameter
+    (:mod:`.split`: gradients and optimizer state for the new entries only; :func:`.split.join` before
+    saving)."""
     handles = []
     for name, p in model.named_parameters():
         mode = plan.modes.get(name, "frozen")
         p.requires_grad_(mode in ("full", "partial"))
-        if mode == "partial":
+        if mode == "partial" and not split_partial:
             handles.append(p.register_hook(_ZeroOld(plan.masks[name])))
+    if split_partial and plan.masks:
+        from .split import split
+
+        split(model, plan.masks)
     return handles
 
 
@@ -170,16 +177,17 @@ def build_optimizer(model, plan: TrainablePlan, lr: float, weight_decay: float =
     ``new_lr``: a separate learning rate for new capacity (fully-new and partly-new tensors)."""
     params = dict(model.named_parameters())
     new, other = [], []
-    for name, mode in plan.modes.items():
-        if not params[name].requires_grad:
+    for name, p in params.items():
+        if not p.requires_grad:
             continue
-        # new capacity (grown tensors/slices, fresh heads) gets new_lr; LoRA adapters and `all` get lr
-        is_new = plan.policy != "all" and mode in ("full", "partial") and "lora_" not in name
-        (new if is_new else other).append(params[name])
+        # new capacity (grown tensors/slices, split-off new parts, fresh heads) gets new_lr; LoRA adapters and
+        # `all` get lr
+        is_new = plan.policy != "all" and "lora_" not in name
+        (new if is_new else other).append(p)
     groups = []
     if other:
         groups.append({"params": other, "lr": lr, "weight_decay": weight_decay})
     if new:
         groups.append({"params": new, "lr": new_lr or lr, "weight_decay": weight_decay})
-    masks = {params[n]: m for n, m in plan.masks.items() if params[n].requires_grad}
+    masks = {params[n]: m for n, m in plan.masks.items() if n in params and params[n].requires_grad}  # not split
     return MaskedAdamW(groups, masks, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

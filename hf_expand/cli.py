@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    t.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in backward: less memory, about a third slower (every policy)")
     t.add_argument("--lora-r", type=int, default=8)
     t.add_argument("--lora-alpha", type=int, default=16)
     t.add_argument("--save-adapter", action="store_true", help="with lora: also save the adapter under OUT/adapter")

@@ -78,6 +78,28 @@ def test_new_policy_keeps_every_old_value_and_learns(grown_llama, tmp_path):
     assert record["training"]["policy"] == "new" and record["new_slices"]  # lineage kept, training added
 
 
+@pytest.mark.parametrize("policy", ["new", "lora"])
+def test_gradient_checkpointing_gives_the_same_weights(policy, grown_llama, tmp_path):
+    """Recomputing activations in backward changes memory, not maths: the same final weights within 1e-5 (under
+    ``new`` the frozen embeddings feed the checkpointed blocks, and the new slices must still get gradient)."""
+    plain = run(grown_llama, tmp_path / "plain", trainable=policy, max_steps=8)
+    checkpointed = run(grown_llama, tmp_path / "ckpt", trainable=policy, max_steps=8, gradient_checkpointing=True)
+    assert plain["steps"] == checkpointed["steps"] == 8
+    assert checkpointed["hyperparameters"]["gradient_checkpointing"] is True
+    a, b, before = weights(tmp_path / "plain"), weights(tmp_path / "ckpt"), weights(grown_llama)
+    assert a.keys() == b.keys() and a
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    assert worst <= 1e-5, worst
+    moved = [k for k in a if not torch.equal(b[k], before[k])]
+    assert moved  # training happened with checkpointing on
+    if policy == "new":
+        masks = new_masks(grown_llama, before)
+        for name, t in before.items():
+            assert torch.equal(t[~masks[name]], b[name][~masks[name]]), name
+            if masks[name].any():
+                assert not torch.equal(t[masks[name]], b[name][masks[name]]), f"new slice of {name} did not train"
+
+
 def test_all_policy_moves_every_tensor(grown_llama, tmp_path):
     run(grown_llama, tmp_path / "all", trainable="all", max_steps=5)
     before, after = weights(grown_llama), weights(tmp_path / "all")

@@ -74,6 +74,7 @@ class TrainArgs:
     log_every: int = 10
     seed: int = 0
     mixed_precision: str = "no"
+    gradient_checkpointing: bool = False  # recompute each block's activations in backward (less memory, slower)
     lora_r: int = 8
     lora_alpha: int = 16
     save_adapter: bool = False
@@ -88,6 +89,8 @@ class TrainArgs:
         d.pop("base_model")
         if d.get("eval_split") is None:  # runs saved before --eval-split existed resume unchanged
             d.pop("eval_split")
+        if not d.get("gradient_checkpointing"):  # nor before --gradient-checkpointing existed
+            d.pop("gradient_checkpointing")
         return d
 
 
@@ -473,6 +476,8 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
         metrics.update(_growth_metrics(a, model, tokenizer, record, task, head, check_ds, accelerator))
 
     plan = plan_trainable(model, record, a.trainable, head)
+    if a.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
     if a.trainable == "lora":
         from .lora import wrap_lora
 
@@ -646,6 +651,16 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
         accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it destroys the process group the barriers above need
     return section
+
+
+def _enable_gradient_checkpointing(model) -> None:
+    """Recompute each block's activations in backward. Non-reentrant checkpointing: under ``new`` and ``lora``
+    a block's inputs may not require grad (frozen embeddings), which would cut the reentrant variant's
+    gradient to the new slices and adapters inside the block."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise HfExpandError(f"{type(model).__name__} does not support gradient checkpointing in transformers; "
+                            f"train without --gradient-checkpointing")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def training_state_bytes(model, optimizer) -> int:

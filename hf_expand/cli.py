@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     t.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in backward: less memory, about a third slower (every policy)")
+    t.add_argument("--fsdp", action="store_true",
+                   help="shard the model with FSDP2 across the processes of accelerate launch (policies new and all; "
+                        "see docs/fsdp.md)")
     t.add_argument("--lora-r", type=int, default=8)
     t.add_argument("--lora-alpha", type=int, default=16)
     t.add_argument("--save-adapter", action="store_true", help="with lora: also save the adapter under OUT/adapter")

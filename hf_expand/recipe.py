@@ -32,7 +32,7 @@ SCHEMA = {
     "train": {"trainable": str, "max_steps": int, "epochs": NUM, "lr": NUM, "new_lr": NUM, "weight_decay": NUM,
               "batch_size": int, "grad_accum": int, "max_length": int, "warmup_steps": int, "seed": int,
               "eval_every": int, "save_every": int, "log_every": int, "mixed_precision": str, "packing": bool,
-              "gradient_checkpointing": bool},
+              "gradient_checkpointing": bool, "fsdp": bool},
     "evaluate": {"metrics": list, "data": str, "split": str, "text_column": str, "label_column": str, "batch_size": int,
                  "max_length": int, "seed": int},
     "push": {"repo": str, "private": bool},

@@ -75,6 +75,7 @@ class TrainArgs:
     seed: int = 0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False  # recompute each block's activations in backward (less memory, slower)
+    fsdp: bool = False  # shard every block and the model with FSDP2 across the processes (train/sharding.py)
     lora_r: int = 8
     lora_alpha: int = 16
     save_adapter: bool = False
@@ -89,8 +90,9 @@ class TrainArgs:
         d.pop("base_model")
         if d.get("eval_split") is None:  # runs saved before --eval-split existed resume unchanged
             d.pop("eval_split")
-        if not d.get("gradient_checkpointing"):  # nor before --gradient-checkpointing existed
-            d.pop("gradient_checkpointing")
+        for flag in ("gradient_checkpointing", "fsdp"):  # nor before these flags existed
+            if not d.get(flag):
+                d.pop(flag)
         return d
 
 
@@ -406,10 +408,13 @@ def _grad_norm(model):
     """The 2-norm of all gradients (what clipping computes), NaN/inf when any entry is."""
     import torch
 
+    from .sharding import local
+
     grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    # a sharded gradient's norm is a DTensor: its full value (collective: every rank computes it here)
+    return torch.linalg.vector_norm(torch.stack([local(torch.linalg.vector_norm(g.float())) for g in grads]))
 
 
 def _diverged(a: TrainArgs, t: RunTarget, step: int, loss: float, norm: float) -> TrainingDiverged:
@@ -449,7 +454,16 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                               log_with=trackers or None, project_dir=str(t.run_dir / "logs"))
     set_seed(a.seed)
     train_raw, eval_raw, eval_info = D.load_train_eval(a.data, a.eval_data, a.eval_ratio, a.seed, a.eval_split)
-    model, tokenizer, record, task, head = load_for_training(a, D.count_labels(train_raw, a.label_column))
+    labels = D.count_labels(train_raw, a.label_column)
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP and not a.fsdp:
+        a = dataclasses.replace(a, fsdp=True)  # accelerate launch --use_fsdp: the same sharding code as --fsdp
+    if a.fsdp:
+        from .sharding import check_supported
+
+        check_supported(a.trainable, accelerator.num_processes)
+    model, tokenizer, record, task, head = load_for_training(a, labels)
     if head:
         accelerator.print(new_head_line(model, head) + " (trained fully under every policy)")
 
@@ -484,6 +498,11 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
         model, plan = wrap_lora(model, plan, a.lora_r, a.lora_alpha)
     # `new`: partly-new tensors split into frozen old and trained new parameters (state for new entries only)
     apply_masks(model, plan, split_partial=a.trainable == "new")
+    trainable_values = plan.trainable_values(model)
+    if a.fsdp:  # after the split: FSDP2 shards the old and the new parts like any other parameters
+        from .sharding import shard
+
+        shard(model.to(accelerator.device))
     optimizer = build_optimizer(model, plan, a.lr, a.weight_decay, a.new_lr)
     collate = D.collator(task, tokenizer, a.seed)
     eval_collate = D.collator(task, tokenizer, a.seed)  # its own: evaluations must not move the training masks
@@ -498,8 +517,16 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
     eval_dl = DataLoader(eval_ds, batch_size=a.batch_size, collate_fn=eval_collate) if eval_ds is not None else None
     per_epoch = math.ceil(len(train_dl) / accelerator.num_processes / a.grad_accum)
     total = _total_steps(a, per_epoch)
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=a.warmup_steps, num_training_steps=total)
-    model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
+    if a.fsdp:  # sharded already: prepare would wrap it in DDP; the loop steps optimizer and scheduler itself
+        scheduler = get_scheduler("linear", optimizer, num_warmup_steps=a.warmup_steps, num_training_steps=total)
+        train_dl = accelerator.prepare(train_dl)
+    else:
+        # a prepared scheduler steps once per process at every optimizer step (accelerate's convention for a
+        # schedule counted in single-process steps): counted in those units, the LR reaches 0 at the last step
+        n = accelerator.num_processes
+        scheduler = get_scheduler("linear", optimizer, num_warmup_steps=a.warmup_steps * n,
+                                  num_training_steps=total * n)
+        model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
     if eval_dl is not None:
         eval_dl = accelerator.prepare(eval_dl)
 
@@ -522,8 +549,15 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
         accelerator.init_trackers("hf_expand", config={k: v for k, v in a.identity().items() if v is not None})
     step = 0
     resume_rng = None
+    sharded_state = None
+    if a.fsdp:
+        from .sharding import ShardedState
+
+        sharded_state = ShardedState(model, optimizer, scheduler)
     if t.resume_from is not None:
         accelerator.load_state(str(t.resume_from))
+        if sharded_state is not None:
+            sharded_state.load(t.resume_from)
         step = int(t.resume_from.name.split("-")[1])
         resume_rng = _rng_state()  # = the checkpoint's (load_state restored it)
     accelerator.print(f"hf-expand train: {accelerator.num_processes} process(es) on {accelerator.device}; "
@@ -557,7 +591,8 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                 _set_rng_state(resume_rng)
                 resume_rng = None
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                with accelerator.autocast():  # a sharded model is not prepared (prepare adds autocast)
+                    loss = model(**batch).loss
                 accelerator.backward(loss)
                 bad_loss |= ~torch.isfinite(loss.detach())
                 if accelerator.sync_gradients:
@@ -574,9 +609,10 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                         raise _diverged(a, t, step + 1, value, grad_norm)
                     if a.max_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), a.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+                if accelerator.sync_gradients or not a.fsdp:  # prepared ones skip accumulation steps themselves
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
             tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
             if not accelerator.sync_gradients:
                 continue
@@ -595,7 +631,8 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                 history.append({"step": step, **step_metrics})
                 model.train()
             if a.save_every and step % a.save_every == 0:
-                _checkpoint(accelerator, t.run_dir, step, {"loss_history": loss_history, "eval_history": history})
+                _checkpoint(accelerator, t.run_dir, step, {"loss_history": loss_history, "eval_history": history},
+                            sharded_state if a.fsdp else None)
             if step >= total:
                 break
         epoch += 1
@@ -616,11 +653,19 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                "first_loss": first_loss, "final_loss": last_loss, "final_metrics": final,
                "eval_history": history, "metrics": metrics, "loss_history": loss_history,
                "steps_per_second": (step - start_step) / loop_seconds if loop_seconds > 0 and step > start_step else None,
-               "training_state_mib": state_bytes / 2**20, "trainable_values": plan.trainable_values(accelerator.unwrap_model(model)),
-               "plan": plan.summary()}
-    # DDP proof: every rank holds the same parameters (a float64 checksum per rank, gathered)
+               "training_state_mib": state_bytes / 2**20, "trainable_values": trainable_values,
+               "plan": plan.summary(), "world_size": accelerator.num_processes,
+               "sharding": "fsdp2" if a.fsdp else ("ddp" if accelerator.num_processes > 1 else "none"),
+               "precision": a.mixed_precision}
+    full = None
+    if a.fsdp:  # every rank gathers the whole model: its checksum below, and rank 0 saves it
+        from .sharding import full_state_dict
+
+        full = full_state_dict(model, on_every_rank=True)
+    # DDP/FSDP proof: every rank holds the same parameters (a float64 checksum per rank, gathered)
     with torch.no_grad():
-        checksum = sum(p.double().sum() for p in accelerator.unwrap_model(model).parameters()).reshape(1)
+        values = full.values() if full is not None else accelerator.unwrap_model(model).parameters()
+        checksum = sum(p.double().sum() for p in values).reshape(1)
     sums = accelerator.gather(checksum.to(accelerator.device)).tolist()
     section["rank_checksums"] = sums
     section["ranks_identical"] = len(set(sums)) == 1
@@ -628,9 +673,13 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
 
     def save():
         unwrapped = accelerator.unwrap_model(model)
-        from .split import join
+        if full is not None:  # sharded: the gathered values, in a model loaded fresh from the grown folder
+            unwrapped = load_for_training(a, labels)[0]
+            unwrapped.load_state_dict({k: v.cpu() for k, v in full.items()})
+        else:
+            from .split import join
 
-        join(unwrapped)  # split tensors become plain parameters again: a plain save_pretrained folder
+            join(unwrapped)  # split tensors become plain parameters again: a plain save_pretrained folder
 
         def write(tmp: Path):
             nonlocal unwrapped
@@ -686,12 +735,16 @@ def _augmentation_summary(data: str) -> str | None:
         " | ".join(info.get("summary", []))
 
 
-def _checkpoint(accelerator, out: Path, step: int, logs: dict) -> None:
+def _checkpoint(accelerator, out: Path, step: int, logs: dict, sharded=None) -> None:
     """``save_state`` into a hidden folder, renamed once complete: a kill mid-save leaves no half checkpoint
-    for ``--resume`` to pick up (it only looks at ``step-*``; the next run removes the leftover)."""
+    for ``--resume`` to pick up (it only looks at ``step-*``; the next run removes the leftover).
+    ``sharded``: under ``--fsdp`` the model, optimizer and scheduler (which accelerate does not hold) as a
+    :class:`.sharding.ShardedState`, saved beside accelerate's state by every rank."""
     partial = out / CHECKPOINTS / f".step-{step}.partial"
     try:
         accelerator.save_state(str(partial))
+        if sharded is not None:
+            sharded.save(partial)
         if accelerator.is_main_process:  # the curve so far, so a resumed run reports the whole run
             (partial / "hf_expand_logs.json").write_text(json.dumps(logs))
     except OSError as exc:

@@ -24,6 +24,8 @@ plain parameters again, ties restored): the saved model is a plain ``save_pretra
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -120,6 +122,8 @@ def _plain_state_dict(model: nn.Module, joined: list[tuple[str, nn.Module, str]]
         return f"{base}.original0", f"{base}.original1"
 
     def save_hook(root, state_dict, prefix, local_metadata):
+        if getattr(model, "_split_raw_state", False):
+            return
         for full, module, leaf in joined:
             old, new = parts(prefix, full)
             if old in state_dict:
@@ -127,6 +131,8 @@ def _plain_state_dict(model: nn.Module, joined: list[tuple[str, nn.Module, str]]
                 state_dict[prefix + full] = getattr(module, leaf).detach()
 
     def load_hook(root, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        if getattr(model, "_split_raw_state", False):
+            return
         for full, module, leaf in joined:
             if prefix + full in state_dict:
                 value = state_dict.pop(prefix + full)
@@ -135,6 +141,17 @@ def _plain_state_dict(model: nn.Module, joined: list[tuple[str, nn.Module, str]]
 
     model.register_state_dict_post_hook(save_hook)
     model.register_load_state_dict_pre_hook(load_hook)
+
+
+@contextlib.contextmanager
+def raw_state_dict(model: nn.Module):
+    """Inside, ``state_dict``/``load_state_dict`` use the parts' own names (``...parametrizations.weight.
+    original0/1``), as they are stored: what a sharded (FSDP2) checkpoint saves and loads, shard by shard."""
+    model._split_raw_state = True
+    try:
+        yield
+    finally:
+        model._split_raw_state = False
 
 
 def join(model: nn.Module) -> None:

@@ -1,0 +1,118 @@
+"""`--trainable new` on FSDP2-sharded parameters: 2 processes, gloo, on CPU (issue 17).
+
+Accelerate turns its own FSDP on only for GPUs; `hf-expand train --fsdp` shards the model itself with torch's
+`fully_shard` on the process group `accelerate launch` set up, so this is the code a GPU run executes. Rows are
+packed to equal length so that the mean of the two ranks' losses is the loss of the one-process batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from test_train import SENTENCES, new_masks, run, weights
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("accelerate-launch")]
+
+COMMON = ["--data", str(SENTENCES), "--max-steps", "40", "--save-every", "4", "--batch-size", "4", "--lr", "1e-3",
+          "--weight-decay", "0.1", "--packing", "--max-length", "16", "--log-every", "0", "-q"]
+
+
+def _launch(grown, out, *extra) -> subprocess.Popen:
+    with socket.socket() as s:  # a free port: a leftover or concurrent launch must not hold gloo's default one
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "hf_expand", "train", str(grown), "--out", str(out), "--fsdp", *COMMON, *extra]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    # its own session: a kill or timeout reaches the launcher and both ranks
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: int = 300) -> subprocess.CompletedProcess:
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = _kill_tree(proc)
+        pytest.fail(f"the 2-process launch did not finish in {timeout} s: {stderr[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _kill_tree(proc: subprocess.Popen) -> tuple[str, str]:
+    """SIGKILL the launcher and every process under it (torch's elastic agent starts the ranks in their own
+    process groups, so killing the launcher's group alone leaves them running)."""
+    import psutil
+
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    for p in tree:
+        p.kill()
+    os.killpg(proc.pid, signal.SIGKILL)
+    out = proc.communicate()
+    psutil.wait_procs(tree, timeout=30)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sharded_run(grown_llama, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp") / "straight"
+    proc = _finish(_launch(grown_llama, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_fsdp_new_keeps_old_values_and_matches_one_process(sharded_run, grown_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    section = json.loads((sharded_run / "hf_expand_growth.json").read_text())["training"]
+    assert section["world_size"] == 2 and section["sharding"] == "fsdp2" and section["precision"] == "no"
+    assert section["ranks_identical"] and len(section["rank_checksums"]) == 2  # gathered on every rank
+    before, after = weights(grown_llama), weights(sharded_run)
+    masks = new_masks(grown_llama, before)
+    assert masks and before.keys() == after.keys()
+    for name, t in before.items():
+        m = masks[name]
+        assert torch.equal(t[~m], after[name][~m]), f"old values of {name} changed"  # decay and momentum included
+        if m.any():
+            assert not torch.equal(t[m], after[name][m]), f"new slice of {name} did not train"
+    AutoModelForCausalLM.from_pretrained(sharded_run)  # the saved folder loads in stock transformers
+    # one process, the same global batches (4 + 4 rows per step = 8), the same schedule
+    run(grown_llama, tmp_path / "one", max_steps=40, lr=1e-3, weight_decay=0.1, batch_size=8, packing=True,
+        max_length=16)
+    single = weights(tmp_path / "one")
+    worst = max(float((single[k] - after[k]).abs().max()) for k in after)
+    assert worst <= 1e-5, worst
+
+
+def test_fsdp_kill_and_resume_equals_the_uninterrupted_run(sharded_run, grown_llama, tmp_path):
+    killed = tmp_path / "killed"
+    proc = _launch(grown_llama, killed)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-8").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    _kill_tree(proc)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "model.safetensors").exists()
+    resumed = _finish(_launch(grown_llama, killed, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = weights(sharded_run), weights(killed)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+
+
+def test_fsdp_refusals(grown_llama, tmp_path):
+    """One process has nothing to shard across; lora's adapters are not sharded yet: one line each."""
+    from hf_expand.errors import HfExpandError
+
+    with pytest.raises(HfExpandError, match="--fsdp shards the model across processes, and this run has one"):
+        run(grown_llama, tmp_path / "one", fsdp=True, max_steps=2)
+    with pytest.raises(HfExpandError, match="--fsdp with --trainable lora is not supported yet"):
+        run(grown_llama, tmp_path / "lora", fsdp=True, trainable="lora", max_steps=2)
+    assert not (tmp_path / "one").exists() and not (tmp_path / "lora").exists()

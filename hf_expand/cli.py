@@ -197,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in backward: less memory, about a third slower (every policy)")
     t.add_argument("--fsdp", action="store_true",
-                   help="shard the model with FSDP2 across the processes of accelerate launch (policies new and all; "
-                        "see docs/fsdp.md)")
+                   help="shard the model with FSDP2 across the processes of accelerate launch (see docs/fsdp.md)")
     t.add_argument("--lora-r", type=int, default=8)
     t.add_argument("--lora-alpha", type=int, default=16)
     t.add_argument("--save-adapter", action="store_true", help="with lora: also save the adapter under OUT/adapter")
@@ -508,6 +507,9 @@ def cmd_train(args) -> int:
 
         print(f"trained {section['steps']} steps ({section['plan']}); loss {fmt(section['first_loss'])} -> "
               f"{fmt(section['final_loss'])}{'; ' + metrics if metrics else ''}")
+        if section.get("tokens_per_second"):
+            print(f"{section['tokens_per_second']:,.0f} tokens/s, {section['steps_per_second']:.3g} steps/s; training "
+                  f"state (gradients + optimizer) {section['training_state_mib']:,.1f} MiB per process")
         print(f"wrote {args.out}")
         if args.push_to:
             _push(args, args.out)

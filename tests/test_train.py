@@ -222,6 +222,39 @@ def test_trainer_integration_keeps_old_values(grown_llama, tmp_path):
     assert any(not torch.equal(t[masks[n]], after[n][masks[n]]) for n, t in before.items() if masks[n].any())
 
 
+def test_growth_aware_trainer_builds_its_own_optimizer(grown_llama, tmp_path):
+    """``prepare_for_trainer`` then a stock Trainer that builds its own AdamW (as it must under FSDP): old values
+    bit-identical, new ones moved, the optimizer holds state for new values only, save_model writes a plain
+    checkpoint that stock transformers loads."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from hf_expand.train.trainer import prepare_for_trainer
+
+    tok = AutoTokenizer.from_pretrained(grown_llama)
+    model = AutoModelForCausalLM.from_pretrained(grown_llama)
+    ds = Dataset.from_dict({"text": SENTENCES.read_text().splitlines()}).map(
+        lambda b: tok(b["text"], truncation=True, max_length=64), batched=True, remove_columns=["text"])
+    plan = prepare_for_trainer(model, grown_llama, "new")
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), max_steps=10, per_device_train_batch_size=8, use_cpu=True,
+                             learning_rate=1e-2, weight_decay=0.1, report_to=[], save_strategy="no",
+                             logging_strategy="no", seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    trainer.train()
+    state = sum(v.numel() for st in trainer.optimizer.state.values() for v in st.values() if v.dim() > 0)
+    assert state == 2 * plan.trainable_values(model)  # Adam's two moments, for the new values only
+    trainer.save_model(str(tmp_path / "saved"))
+    before, after = weights(grown_llama), weights(tmp_path / "saved")
+    assert before.keys() == after.keys()  # plain names: no split parts in the checkpoint
+    masks = new_masks(grown_llama, before)
+    for name, t in before.items():
+        assert torch.equal(t[~masks[name]], after[name][~masks[name]]), name
+        if masks[name].any():
+            assert not torch.equal(t[masks[name]], after[name][masks[name]]), f"new slice of {name} did not train"
+    AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+
+
 def test_offline_metrics_match_hand_computed_values():
     import math
 

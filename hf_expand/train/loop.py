@@ -439,7 +439,7 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
 
     from . import data as D
     from .metrics import evaluate_model
-    from .policy import apply_masks, build_optimizer, plan_trainable
+    from .policy import apply_masks, build_optimizer, plan_trainable, split_partly_new
 
     augmentation = _augmentation_summary(a.data)  # read now: a damaged file is refused before training
     from accelerate.utils import is_tensorboard_available
@@ -462,7 +462,7 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
     if a.fsdp:
         from .sharding import check_supported
 
-        check_supported(a.trainable, accelerator.num_processes)
+        check_supported(accelerator.num_processes)
     model, tokenizer, record, task, head = load_for_training(a, labels)
     if head:
         accelerator.print(new_head_line(model, head) + " (trained fully under every policy)")
@@ -492,12 +492,15 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
     plan = plan_trainable(model, record, a.trainable, head)
     if a.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
+    # partly-new tensors split into frozen old and trained new parameters (state for new entries only); under
+    # lora before peft wraps the layers (the split layer becomes its base_layer)
+    split_partly_new(model, plan)
+    base_plan = plan
     if a.trainable == "lora":
         from .lora import wrap_lora
 
         model, plan = wrap_lora(model, plan, a.lora_r, a.lora_alpha)
-    # `new`: partly-new tensors split into frozen old and trained new parameters (state for new entries only)
-    apply_masks(model, plan, split_partial=a.trainable == "new")
+    apply_masks(model, plan)
     trainable_values = plan.trainable_values(model)
     if a.fsdp:  # after the split: FSDP2 shards the old and the new parts like any other parameters
         from .sharding import shard
@@ -561,7 +564,7 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
         step = int(t.resume_from.name.split("-")[1])
         resume_rng = _rng_state()  # = the checkpoint's (load_state restored it)
     accelerator.print(f"hf-expand train: {accelerator.num_processes} process(es) on {accelerator.device}; "
-                      f"task {task}; {plan.summary()}; {len(train_ds):,} examples; {total} steps"
+                      f"task {task}; {base_plan.summary()}; {len(train_ds):,} examples; {total} steps"
                       + (f"; resuming at step {step}" if step else ""))
 
     bar = tqdm(total=total, initial=step, disable=not (progress and accelerator.is_local_main_process), desc="training")
@@ -613,7 +616,7 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -653,8 +656,10 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                "first_loss": first_loss, "final_loss": last_loss, "final_metrics": final,
                "eval_history": history, "metrics": metrics, "loss_history": loss_history,
                "steps_per_second": (step - start_step) / loop_seconds if loop_seconds > 0 and step > start_step else None,
+               "tokens_per_second": (tokens * accelerator.num_processes / loop_seconds
+                                     if loop_seconds > 0 and step > start_step else None),
                "training_state_mib": state_bytes / 2**20, "trainable_values": trainable_values,
-               "plan": plan.summary(), "world_size": accelerator.num_processes,
+               "plan": base_plan.summary(), "world_size": accelerator.num_processes,
                "sharding": "fsdp2" if a.fsdp else ("ddp" if accelerator.num_processes > 1 else "none"),
                "precision": a.mixed_precision}
     full = None
@@ -675,6 +680,10 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
         unwrapped = accelerator.unwrap_model(model)
         if full is not None:  # sharded: the gathered values, in a model loaded fresh from the grown folder
             unwrapped = load_for_training(a, labels)[0]
+            if a.trainable == "lora":  # the same adapters around the same layers, to merge below
+                from .lora import wrap_lora
+
+                unwrapped = wrap_lora(unwrapped, base_plan, a.lora_r, a.lora_alpha)[0]
             unwrapped.load_state_dict({k: v.cpu() for k, v in full.items()})
         else:
             from .split import join
@@ -709,16 +718,23 @@ def _enable_gradient_checkpointing(model) -> None:
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise HfExpandError(f"{type(model).__name__} does not support gradient checkpointing in transformers; "
                             f"train without --gradient-checkpointing")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name (the old one warns)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def training_state_bytes(model, optimizer) -> int:
-    """Bytes of gradients (trainable parameters) plus optimizer state tensors: what training adds to the
-    weights' own memory."""
+    """Bytes of gradients (trainable parameters) plus optimizer state tensors in this process: what training
+    adds to the weights' own memory."""
     import torch
 
-    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    state = sum(v.numel() * v.element_size() for st in optimizer.state.values() for v in st.values()
+    def size(t) -> int:  # this process's share: a sharded (FSDP) tensor's local shard
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+
+    grads = sum(size(p) for p in model.parameters() if p.requires_grad)
+    state = sum(size(v) for st in optimizer.state.values() for v in st.values()
                 if isinstance(v, torch.Tensor) and v.dim() > 0)
     return grads + state
 

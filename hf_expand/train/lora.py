@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import HfExpandError
-from .policy import TrainablePlan
+from .policy import TrainablePlan, mode_of
 
 
 def _linear_like(module) -> bool:
@@ -41,6 +41,9 @@ def wrap_lora(model, plan: TrainablePlan, r: int, alpha: int):
             modes[peft_name] = "full"
             continue
         name = peft_name.removeprefix("base_model.model.")
+        if ".parametrizations." in name:  # a split partly-new tensor (split.py): old part frozen, new part trained
+            modes[peft_name] = mode_of(plan, name)
+            continue
         module_name, _, leaf = name.rpartition(".")
         if module_name.endswith(".base_layer") and module_name.removesuffix(".base_layer") in targets:
             name = f"{module_name.removesuffix('.base_layer')}.{leaf}"

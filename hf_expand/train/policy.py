@@ -100,21 +100,33 @@ def plan_trainable(model, record: dict | None, policy: str, head_names: tuple[st
     return TrainablePlan(policy, modes, masks)
 
 
-def apply_masks(model, plan: TrainablePlan, split_partial: bool = False) -> list:
-    """Set ``requires_grad``, and either install the gradient hooks on partly-new tensors (returns the hook
-    handles) or, with ``split_partial``, split them into a frozen old and a trained new parameter
-    (:mod:`.split`: gradients and optimizer state for the new entries only; :func:`.split.join` before
-    saving)."""
-    handles = []
-    for name, p in model.named_parameters():
-        mode = plan.modes.get(name, "frozen")
-        p.requires_grad_(mode in ("full", "partial"))
-        if mode == "partial" and not split_partial:
-            handles.append(p.register_hook(_ZeroOld(plan.masks[name])))
-    if split_partial and plan.masks:
+def mode_of(plan: TrainablePlan, name: str) -> str:
+    """A parameter's mode under ``plan``; a split tensor's parts (:mod:`.split`) are frozen (old) and full (new)."""
+    if ".parametrizations." in name:
+        return "full" if name.endswith(".original1") else "frozen"
+    return plan.modes.get(name, "frozen")
+
+
+def split_partly_new(model, plan: TrainablePlan) -> None:
+    """Split every partly-new tensor into a frozen old and a trained new parameter (:mod:`.split`: gradients
+    and optimizer state for the new entries only; :func:`.split.join` before saving)."""
+    if plan.masks:
         from .split import split
 
         split(model, plan.masks)
+
+
+def apply_masks(model, plan: TrainablePlan, split_partial: bool = False) -> list:
+    """Set ``requires_grad``, and either install the gradient hooks on partly-new tensors (returns the hook
+    handles) or, with ``split_partial``, split them first (see :func:`split_partly_new`)."""
+    if split_partial:
+        split_partly_new(model, plan)
+    handles = []
+    for name, p in model.named_parameters():
+        mode = mode_of(plan, name)
+        p.requires_grad_(mode in ("full", "partial"))
+        if mode == "partial":
+            handles.append(p.register_hook(_ZeroOld(plan.masks[name])))
     return handles
 
 

@@ -63,10 +63,7 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
-def check_supported(trainable: str, num_processes: int) -> None:
-    if trainable == "lora":
-        raise HfExpandError("--fsdp with --trainable lora is not supported yet (peft's adapters are not sharded by "
-                            "hf-expand); use --trainable new or all with --fsdp, or lora without it")
+def check_supported(num_processes: int) -> None:
     if num_processes < 2:
         raise HfExpandError("--fsdp shards the model across processes, and this run has one; start it with "
                             "accelerate launch --num_processes N (see docs/fsdp.md), or drop --fsdp")

@@ -114,30 +114,33 @@ def split(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, str]:
 
 def _plain_state_dict(model: nn.Module, joined: list[tuple[str, nn.Module, str]]) -> None:
     """``state_dict`` gives each split tensor whole under its plain name; ``load_state_dict`` of such a dict
-    splits it again (so checkpoints saved during training look like the model, and load back)."""
+    splits it again (so checkpoints saved during training look like the model, and load back). Names come
+    from where the modules are now: peft re-parents a split Linear as ``...base_layer``."""
 
-    def parts(prefix: str, full: str) -> tuple[str, str]:
-        module, _, leaf = full.rpartition(".")
-        base = f"{prefix}{module + '.' if module else ''}parametrizations.{leaf}"
-        return f"{base}.original0", f"{base}.original1"
+    def names(root: nn.Module, prefix: str):
+        paths = {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
+        for _, module, leaf in joined:
+            path = paths.get(id(module))
+            if path is None:
+                continue
+            at = f"{prefix}{path + '.' if path else ''}"
+            yield module, leaf, f"{at}{leaf}", f"{at}parametrizations.{leaf}.original0", \
+                f"{at}parametrizations.{leaf}.original1"
 
     def save_hook(root, state_dict, prefix, local_metadata):
         if getattr(model, "_split_raw_state", False):
             return
-        for full, module, leaf in joined:
-            old, new = parts(prefix, full)
+        for module, leaf, plain, old, new in names(root, prefix):
             if old in state_dict:
                 del state_dict[old], state_dict[new]
-                state_dict[prefix + full] = getattr(module, leaf).detach()
+                state_dict[plain] = getattr(module, leaf).detach()
 
     def load_hook(root, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         if getattr(model, "_split_raw_state", False):
             return
-        for full, module, leaf in joined:
-            if prefix + full in state_dict:
-                value = state_dict.pop(prefix + full)
-                old, new = parts(prefix, full)
-                state_dict[old], state_dict[new] = module.parametrizations[leaf][0].right_inverse(value)
+        for module, leaf, plain, old, new in names(root, prefix):
+            if plain in state_dict:
+                state_dict[old], state_dict[new] = module.parametrizations[leaf][0].right_inverse(state_dict.pop(plain))
 
     model.register_state_dict_post_hook(save_hook)
     model.register_load_state_dict_pre_hook(load_hook)

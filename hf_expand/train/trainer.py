@@ -1,27 +1,56 @@
-"""Keep ``transformers.Trainer`` and get hf_expand's policies: pass the optimizer this builds.
+"""Keep ``transformers.Trainer`` and get hf_expand's policies.
 
-    from hf_expand.train.trainer import policy_optimizer
+The growth-aware path, which also works where Trainer refuses a ready-made optimizer (FSDP): prepare the
+model, then let Trainer build its own optimizer::
+
+    from hf_expand.train.trainer import prepare_for_trainer
+    prepare_for_trainer(model, "grown-folder", policy="new")
+    Trainer(model=model, args=args, train_dataset=ds).train()
+    trainer.save_model("out")  # a plain checkpoint: split tensors are saved whole, under their own names
+
+``prepare_for_trainer`` freezes entirely-old tensors and splits partly-new ones into a frozen old and a
+trained new parameter (:mod:`.split`), so only new values reach Trainer's optimizer: its weight decay and
+momentum cannot touch an old value, and its state is sized by the new values.
+
+The older path passes an optimizer (not under FSDP)::
+
     optimizer = policy_optimizer(model, "grown-folder", policy="new", lr=1e-3, weight_decay=0.1)
     Trainer(model=model, args=args, train_dataset=ds, optimizers=(optimizer, None)).train()
 
-It freezes entirely-old tensors, installs the gradient masks on partly-new ones and returns a
-:class:`~hf_expand.train.policy.MaskedAdamW`, so under ``new`` every pre-existing value stays bit-identical
-(Trainer builds its LR scheduler around the optimizer as usual; its own weight-decay settings are unused).
+It masks gradients on partly-new tensors and returns a :class:`~hf_expand.train.policy.MaskedAdamW`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import HfExpandError
 from ..record import read_record
-from .policy import apply_masks, build_optimizer, plan_trainable
+from .policy import TrainablePlan, apply_masks, build_optimizer, plan_trainable
+
+
+def _record(grown):
+    return read_record(grown) if isinstance(grown, (str, Path)) else grown
+
+
+def prepare_for_trainer(model, grown: str | Path | dict | None, policy: str = "new",
+                        head_names: tuple[str, ...] = ()) -> TrainablePlan:
+    """Make ``model`` train only what ``policy`` allows, for an optimizer Trainer builds itself (see module
+    doc). ``grown``: the grown model's folder (its growth record), the record itself, or None for ``"all"``.
+    ``model.state_dict()`` keeps its plain names, so ``save_model`` and checkpoints are ordinary; call
+    :func:`.split.join` to turn the model back into plain parameters in memory."""
+    if policy == "lora":
+        raise HfExpandError("prepare_for_trainer takes policies new and all; for LoRA with Trainer use peft "
+                            "directly, or policy_optimizer(model, grown, 'lora')")
+    plan = plan_trainable(model, _record(grown), policy, head_names)
+    apply_masks(model, plan, split_partial=True)
+    return plan
 
 
 def policy_optimizer(model, grown: str | Path | dict | None, policy: str = "new", lr: float = 1e-4,
                      weight_decay: float = 0.0, new_lr: float | None = None, head_names: tuple[str, ...] = ()):
     """``grown``: the grown model's folder (its growth record, ``record.RECORD_FILE``), the record itself, or
     None for ``policy="all"``."""
-    record = read_record(grown) if isinstance(grown, (str, Path)) else grown
-    plan = plan_trainable(model, record, policy, head_names)
+    plan = plan_trainable(model, _record(grown), policy, head_names)
     apply_masks(model, plan)
     return build_optimizer(model, plan, lr, weight_decay, new_lr)

@@ -163,7 +163,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(grown_llama, tmp_path):
     import signal
     import time
 
-    common = ["--data", str(SENTENCES), "--max-steps", "150", "--save-every", "5", "--lr", "1e-2",
+    common = ["--data", str(SENTENCES), "--max-steps", "60", "--save-every", "5", "--lr", "1e-2",
               "--weight-decay", "0.1", "--batch-size", "8", "--log-every", "0", "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"

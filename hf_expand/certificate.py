@@ -98,6 +98,21 @@ def _numel(params) -> int:
     return sum(mod._parameters[pname].numel() for mod, pname, _ in params)
 
 
+def _recorded_or_run(recorded, key, unit, load, free, call, args, kwargs) -> tuple[object, bool]:
+    """``(output, reused)``: the recorded output when the recorded call's input fingerprint is ``key`` (same
+    weights, code and inputs: the same output, see :mod:`hf_expand.reuse`), else the unit run with its weights
+    loaded just for the call."""
+    from .reuse import share
+
+    if recorded is not None and recorded[0] == key:
+        return share(recorded[1]), True
+    load(unit, args)
+    try:
+        return call(*args, **kwargs), False
+    finally:
+        free(unit, args, None)
+
+
 class StreamedModel:
     """A stock transformers model whose weights come from ``get(name)`` one unit at a time (see module doc)."""
 
@@ -170,15 +185,9 @@ class StreamedModel:
                         key = fingerprint((args, kwargs))
                         calls = reuse.ref.unit_calls.get(_name) if _name in same_units else None
                         recorded = calls[self._batch] if calls and self._batch < len(calls) else None
-                        if recorded is not None and recorded[0] == key:
-                            output = share(recorded[1])
+                        output, reused = _recorded_or_run(recorded, key, _unit, _load, _free, _run, args, kwargs)
+                        if reused:
                             run.reused_units.add(_name)
-                        else:
-                            _load(_unit, args)
-                            try:
-                                output = _run(*args, **kwargs)
-                            finally:
-                                _free(_unit, args, None)
                         if run.unit_calls is not None:
                             run.unit_calls.setdefault(_name, []).append((key, share(output)))
                         return output
@@ -193,15 +202,9 @@ class StreamedModel:
                     key = fingerprint((args, kwargs)) if run.calls is not None or _j in reusable else None
                     i = reusable.get(_j)
                     recorded = reuse.ref.calls[i][self._batch] if i is not None else None
-                    if recorded is not None and recorded[0] == key:
-                        output = share(recorded[1])  # same weights, code and inputs: the same output (reuse module)
+                    output, reused = _recorded_or_run(recorded, key, _unit, _load, _free, _run, args, kwargs)
+                    if reused:
                         run.reused.add(_j)
-                    else:
-                        _load(_unit, args)
-                        try:
-                            output = _run(*args, **kwargs)
-                        finally:
-                            _free(_unit, args, None)
                     shared = share(output) if run.calls is not None else None
                     if shared is not None:
                         run.calls[_j].append((key, shared))

@@ -21,6 +21,7 @@ Safety (issue 14):
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -635,7 +636,7 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                 model.train()
             if a.save_every and step % a.save_every == 0:
                 _checkpoint(accelerator, t.run_dir, step, {"loss_history": loss_history, "eval_history": history},
-                            sharded_state if a.fsdp else None)
+                            sharded_state)
             if step >= total:
                 break
         epoch += 1
@@ -666,7 +667,7 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
     if a.fsdp:  # every rank gathers the whole model: its checksum below, and rank 0 saves it
         from .sharding import full_state_dict
 
-        full = full_state_dict(model, on_every_rank=True)
+        full = full_state_dict(model)
     # DDP/FSDP proof: every rank holds the same parameters (a float64 checksum per rank, gathered)
     with torch.no_grad():
         values = full.values() if full is not None else accelerator.unwrap_model(model).parameters()
@@ -707,6 +708,13 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
     if t.replace:
         _on_main(accelerator, lambda: _replace_out(t))
         accelerator.wait_for_everyone()
+    # DDP's reducer holds the gloo process group, whose destructor joins worker threads that talk to the other
+    # ranks: freed at _train's return after a peer had exited, it blocked forever (seen as the exit hang). So it
+    # goes here, on every rank, while every rank is still alive, then a barrier.
+    model = optimizer = scheduler = None
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it destroys the process group the barriers above need
     return section
 

@@ -1,9 +1,11 @@
 """Which values train: the ``new`` / ``all`` / ``lora`` policies, read from the growth record.
 
 Under ``new`` every pre-existing value must stay bit-identical through training, weight decay and
-optimizer momentum included. Three mechanisms together give that:
+optimizer momentum included. A tensor that is entirely old gets ``requires_grad=False`` (no gradient, no
+optimizer state). A tensor that is partly new is split into a frozen old and a trained new parameter
+(:func:`split_partly_new`, :mod:`.split`): ``hf-expand train`` and ``trainer.prepare_for_trainer`` do this.
+``trainer.policy_optimizer`` keeps the older masked mechanism instead:
 
-* a tensor that is entirely old gets ``requires_grad=False``: no gradient, no optimizer state;
 * a tensor that is partly new gets a gradient hook that writes exact zeros at the old positions
   (``torch.where``, so even a NaN gradient cannot leak into them). With zero gradients Adam's moments stay
   exactly 0 there, so its update ``m / (sqrt(v) + eps)`` is exactly 0;
@@ -116,11 +118,9 @@ def split_partly_new(model, plan: TrainablePlan) -> None:
         split(model, plan.masks)
 
 
-def apply_masks(model, plan: TrainablePlan, split_partial: bool = False) -> list:
-    """Set ``requires_grad``, and either install the gradient hooks on partly-new tensors (returns the hook
-    handles) or, with ``split_partial``, split them first (see :func:`split_partly_new`)."""
-    if split_partial:
-        split_partly_new(model, plan)
+def apply_masks(model, plan: TrainablePlan) -> list:
+    """Set ``requires_grad``, and install the gradient hooks on partly-new tensors that were not split (the
+    ``policy_optimizer`` path); returns the hook handles."""
     handles = []
     for name, p in model.named_parameters():
         mode = mode_of(plan, name)

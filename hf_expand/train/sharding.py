@@ -48,12 +48,12 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def full_state_dict(model: nn.Module, on_every_rank: bool = False) -> dict[str, torch.Tensor]:
-    """The whole model's state dict with plain names, gathered from the shards (collective: every rank calls
-    it). Only rank 0 gets the tensors unless ``on_every_rank``."""
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state dict with plain names, gathered from the shards onto every rank (collective:
+    every rank calls it; each checksums it, rank 0 saves it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not on_every_rank))
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ class Split(nn.Module):
             self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        new = new.to(old.dtype) if new.dtype != old.dtype else new
+        new = new.to(old.dtype)  # a no-op unless autocast or a cast changed one part
         if self.axis is None:
             full = torch.zeros(self.shape, dtype=old.dtype, device=old.device)
             return full.masked_scatter(~self.mask, old).masked_scatter(self.mask, new)
@@ -92,7 +92,7 @@ def split(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, str]:
                 owners.setdefault(id(p), []).append((module, leaf, full))
     params = dict(model.named_parameters())
     trained: dict[str, str] = {}
-    joined: list[tuple[str, nn.Module, str]] = []  # (plain name, module, leaf) of every split tensor's user
+    joined: list[tuple[nn.Module, str]] = []  # (module, leaf) of every split tensor's user
     for name, mask in masks.items():
         users = owners[id(params[name])]
         first, leaf, _ = users[0]
@@ -106,20 +106,20 @@ def split(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, str]:
             mine.original0, mine.original1 = plist.original0, plist.original1
         module_name = users[0][2].rpartition(".")[0]
         trained[name] = f"{module_name + '.' if module_name else ''}parametrizations.{leaf}.original1"
-        joined.extend((full, module, user_leaf) for module, user_leaf, full in users)
+        joined.extend((module, user_leaf) for module, user_leaf, _ in users)
     if joined:
         _plain_state_dict(model, joined)
     return trained
 
 
-def _plain_state_dict(model: nn.Module, joined: list[tuple[str, nn.Module, str]]) -> None:
+def _plain_state_dict(model: nn.Module, joined: list[tuple[nn.Module, str]]) -> None:
     """``state_dict`` gives each split tensor whole under its plain name; ``load_state_dict`` of such a dict
     splits it again (so checkpoints saved during training look like the model, and load back). Names come
     from where the modules are now: peft re-parents a split Linear as ``...base_layer``."""
 
     def names(root: nn.Module, prefix: str):
         paths = {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
-        for _, module, leaf in joined:
+        for module, leaf in joined:
             path = paths.get(id(module))
             if path is None:
                 continue

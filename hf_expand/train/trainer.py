@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import HfExpandError
 from ..record import read_record
-from .policy import TrainablePlan, apply_masks, build_optimizer, plan_trainable
+from .policy import TrainablePlan, apply_masks, build_optimizer, plan_trainable, split_partly_new
 
 
 def _record(grown):
@@ -43,7 +43,8 @@ def prepare_for_trainer(model, grown: str | Path | dict | None, policy: str = "n
         raise HfExpandError("prepare_for_trainer takes policies new and all; for LoRA with Trainer use peft "
                             "directly, or policy_optimizer(model, grown, 'lora')")
     plan = plan_trainable(model, _record(grown), policy, head_names)
-    apply_masks(model, plan, split_partial=True)
+    split_partly_new(model, plan)
+    apply_masks(model, plan)
     return plan
 
 

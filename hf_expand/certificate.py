@@ -43,10 +43,12 @@ class Run:
     reused_units: set[str] = field(default_factory=set)
 
 
-def _block_list(model: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
-    from .architectures import _find_block_list
+def _block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The block list the certificate compares block by block (an encoder-decoder's decoder; its encoder runs as
+    one unit)."""
+    from .architectures import _find_block_list, main_blocks
 
-    name = _find_block_list(model, num_layers)
+    name = _find_block_list(model, *main_blocks(model.config))
     return name, model.get_submodule(name)
 
 
@@ -127,10 +129,8 @@ class StreamedModel:
         # fp32 buffers reused by every block (same shapes): no page faults and no heap growth per block
         self.pool: dict = {}
         self.what = what
-        from .multimodal import text_of
-
-        self.num_layers = int(text_of(config).num_hidden_layers)
-        self.blocks_name, self.blocks = _block_list(self.model, self.num_layers)
+        self.blocks_name, self.blocks = _block_list(self.model)
+        self.num_layers = len(self.blocks)
         self.units = _units(self.model, self.blocks_name)
         self.bar = None
 

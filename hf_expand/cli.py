@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 def _push_flags(p, prefix: str = "") -> None:
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--revision", help="branch to push to (default main)")
-    p.add_argument("--commit-message")
+    p.add_argument("--commit-message", help="commit message (default: \"Upload REPO with hf-expand\")")
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login); never written anywhere")
     p.add_argument("--include-dotfiles", action="store_true",
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--add-layers", type=_number, metavar="N", help="add N identity layers")
     g.add_argument("--placement", default="interleave",
                    help="where new layers go: interleave (default, LLaMA Pro), top, bottom, or indices i,j,... in the grown model")
+    g.add_argument("--stack", choices=["encoder", "decoder"],
+                   help="encoder-decoders (T5, BART): --add-layers/--depth-upscale in this block stack only "
+                        "(default: each stack; a recipe lists two operations to give each stack its own placement)")
     g.add_argument("--depth-upscale", metavar="M|a:b,c:d",
                    help="SOLAR depth up-scaling, NOT function-preserving (the difference is recorded): two copies of the "
                         "stack with M layers dropped at the seam (SOLAR: 8 on 32 layers -> 48), or base layer ranges a:b,c:d")
@@ -160,47 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let augmenter models (contextual, back_translation) run the custom code their repository "
                         "names (auto_map); only for models you trust (default: such models are refused)")
 
-    t = sub.add_parser("train", parents=[common], help="train a (grown) model: new capacity only, everything, or LoRA")
-    t.add_argument("model", help="model folder (grown by hf-expand for --trainable new/lora) or Hub id")
-    t.add_argument("--data", required=True, help="csv/json/jsonl/parquet/txt file, save_to_disk folder, or Hub dataset id")
-    t.add_argument("--out", required=True, help="run folder: checkpoints, then the trained model")
-    t.add_argument("--text-column", default="text")
-    t.add_argument("--label-column", help="label column (sequence classification)")
-    t.add_argument("--task", choices=["causal-lm", "masked-lm", "classification"], help="default: from the model's head")
-    t.add_argument("--trainable", choices=["new", "all", "lora"], default="new",
-                   help="new: only grown slices (old values stay bit-identical); all; lora: LoRA on old weights + grown slices")
-    n = t.add_mutually_exclusive_group()
-    n.add_argument("--max-steps", type=int)
-    n.add_argument("--epochs", type=float)
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--new-lr", type=float, help="learning rate of new capacity (default --lr)")
-    t.add_argument("--weight-decay", type=float, default=0.01)
-    t.add_argument("--batch-size", type=int, default=8, help="per process")
-    t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--max-grad-norm", type=float, default=1.0, help="clip gradients to this norm (0 = no clipping)")
-    t.add_argument("--warmup-steps", type=int, default=0)
-    t.add_argument("--max-length", type=int, default=128)
-    t.add_argument("--packing", action="store_true", help="causal LM: pack texts into --max-length blocks")
-    e = t.add_mutually_exclusive_group()
-    e.add_argument("--eval-data", help="evaluation data (same forms as --data)")
-    e.add_argument("--eval-ratio", type=float, help="carve this share of --data out for evaluation (by source_index if augmented)")
-    t.add_argument("--eval-split", metavar="NAME",
-                   help="split of --eval-data to evaluate on (default: test, else validation; never train by accident)")
-    t.add_argument("--base-model", metavar="ORG/NAME",
-                   help="Hub id of the model MODEL is a local copy of, when it has no hf-expand record naming one: "
-                        "the card's base_model")
-    t.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (and always at the end)")
-    t.add_argument("--save-every", type=int, default=0, help="checkpoint (accelerator.save_state) every N steps")
-    t.add_argument("--log-every", type=int, default=10)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
-    t.add_argument("--gradient-checkpointing", action="store_true",
-                   help="recompute activations in backward: less memory, about a third slower (every policy)")
-    t.add_argument("--fsdp", action="store_true",
-                   help="shard the model with FSDP2 across the processes of accelerate launch (see docs/fsdp.md)")
-    t.add_argument("--lora-r", type=int, default=8)
-    t.add_argument("--lora-alpha", type=int, default=16)
-    t.add_argument("--save-adapter", action="store_true", help="with lora: also save the adapter under OUT/adapter")
+    from .train.args import add_train_flags
+
+    t = sub.add_parser("train", parents=[common], help="train a (grown) model: new capacity only, everything, or LoRA",
+                       description="Train a model on Accelerate: only what growth added, everything, or LoRA (see "
+                                   "--trainable). One process, or many under accelerate launch.")
+    add_train_flags(t)  # one flag per TrainArgs field: names, types, defaults, choices and help declared there
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (also finishes an interrupted final save "
                         "or --overwrite run)")
@@ -299,12 +267,15 @@ def _operations(args) -> list:
             if not float(count).is_integer():
                 raise HfExpandError(f"--add-layers must be a whole number, got {count:g}")
             count = int(count)
-        ops.append(AddLayers(count=count, placement=args.placement))
+        ops.append(AddLayers(count=count, placement=args.placement, stack=args.stack))
     if args.depth_upscale is not None:
         from .ops.depth_upscale import DepthUpscale
 
         spec = args.depth_upscale.strip()
-        ops.append(DepthUpscale(trim=int(spec)) if spec.isascii() and spec.isdecimal() else DepthUpscale(ranges=spec))
+        ops.append(DepthUpscale(trim=int(spec), stack=args.stack) if spec.isascii() and spec.isdecimal()
+                   else DepthUpscale(ranges=spec, stack=args.stack))
+    if args.stack and args.add_layers is None and args.depth_upscale is None:
+        raise HfExpandError("--stack applies to --add-layers N or --depth-upscale M; add one or drop the flag")
     if args.add_labels is not None:
         ops.append(AddLabels(parse_list(args.add_labels, "--add-labels")))
     tokens = _read_tokens(args)

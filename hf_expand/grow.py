@@ -555,9 +555,9 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
         # verify: the folder as written, read back through the same stock classes, block by block
         written = CheckpointReader(tmp, grown_meta)
         ref_config = plans[ref_level - 1].new_config if ref_level else config
-        from .multimodal import text_of
+        from .architectures import main_blocks
 
-        counterparts = layer_counterparts(plans[ref_level:], int(text_of(ref_config).num_hidden_layers))
+        counterparts = layer_counterparts(plans[ref_level:], main_blocks(ref_config)[0])
         # blocks stored as the base's bytes, fed the base's inputs, give the base's outputs (see reuse module)
         reuse = Reuse(base_run, base_meta, counterparts, lambda a, b: written.same_bytes(a, reader, b)) \
             if ref_level == 0 else None

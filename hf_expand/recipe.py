@@ -1,7 +1,8 @@
 """Recipes: one YAML file drives load -> grow -> data -> augment -> train -> evaluate -> push.
 
-The schema below is data: each section maps keys to a type (or a nested schema); unknown keys and wrong
-types are refused with the key's path. ``hf-expand run RECIPE [--out DIR] [--dry-run] [a.b=value ...]``.
+The schema below is data: each section maps keys to a type (or a nested schema; ``train:`` comes from the
+``TrainArgs`` fields in ``train/args.py``, as ``hf-expand train``'s flags do); unknown keys and wrong types are
+refused with the key's path. ``hf-expand run RECIPE [--out DIR] [--dry-run] [a.b=value ...]``.
 
 Every value is then checked up front (``check_values``, also for ``--dry-run``) by the rule its command-line
 flag has, from the same source: ``checks`` (seeds, tolerance, push repo), the training loop's ``_check_args``
@@ -20,6 +21,7 @@ import yaml
 
 from .errors import HfExpandError
 from .ops import REGISTRY
+from .train.args import flag_keys, recipe_schema
 
 NUM = (int, float)
 SCHEMA = {
@@ -29,10 +31,7 @@ SCHEMA = {
     "data": {"source": str, "text_column": str, "label_column": str, "eval": str, "eval_split": str, "eval_ratio": float,
              "lexnames": list, "per_class": int, "test_per_class": int, "seed": int},
     "augment": {"augmenters": list, "copies": int, "seed": int},
-    "train": {"trainable": str, "max_steps": int, "epochs": NUM, "lr": NUM, "new_lr": NUM, "weight_decay": NUM,
-              "batch_size": int, "grad_accum": int, "max_length": int, "warmup_steps": int, "seed": int,
-              "eval_every": int, "save_every": int, "log_every": int, "mixed_precision": str, "packing": bool,
-              "gradient_checkpointing": bool, "fsdp": bool},
+    "train": recipe_schema(),  # from TrainArgs' fields (train/args.py): the same settings as `hf-expand train`
     "evaluate": {"metrics": list, "data": str, "split": str, "text_column": str, "label_column": str, "batch_size": int,
                  "max_length": int, "seed": int},
     "push": {"repo": str, "private": bool},
@@ -300,12 +299,6 @@ def _drop_nulls(recipe: dict) -> None:
                 del section[key]
 
 
-# Where the training loop's flags live in a recipe (the loop's messages name flags: they are rewritten)
-_TRAIN_FLAG_KEYS = {"--eval-ratio": "data.eval_ratio", "--eval-data": "data.eval", "--eval-split": "data.eval_split",
-                    "--data": "data.source", "--text-column": "data.text_column", "--label-column": "data.label_column",
-                    "--base-model": "model.base_model", "--task": "model.task"}
-
-
 def _recipe_words(message: str) -> str:
     """A training-loop message in recipe keys: ``--max-steps must be >= 1, got 0`` -> ``train.max_steps: must be
     >= 1, got 0``; ``give exactly one of --max-steps N or --epochs E`` -> ``train: give exactly one of
@@ -313,7 +306,7 @@ def _recipe_words(message: str) -> str:
     import re
 
     def key(flag: str) -> str:
-        return _TRAIN_FLAG_KEYS.get(flag, "train." + flag[2:].replace("-", "_"))
+        return flag_keys().get(flag, "train." + flag[2:].replace("-", "_"))  # TrainArgs' recipe keys
 
     lead = re.match(r"^(--[a-z][a-z0-9-]*) (.*)$", message, re.S)
     if lead:
@@ -322,10 +315,9 @@ def _recipe_words(message: str) -> str:
 
 
 def _check_train(recipe: dict) -> None:
-    """The recipe's training settings through the training loop's own checks (``train.loop._check_args``),
-    with its words turned into key paths, then the policy name (``train.policy.POLICIES``)."""
+    """The recipe's training settings through the training loop's own checks (``train.loop._check_args``, the
+    policy name included: ``train.policies``), with its words turned into key paths."""
     from .train.loop import TrainArgs, _check_args
-    from .train.policy import POLICIES
 
     t, d = dict(recipe.get("train") or {}), recipe.get("data") or {}
     if t.get("max_steps") is None and t.get("epochs") is None:
@@ -336,8 +328,6 @@ def _check_train(recipe: dict) -> None:
         _check_args(args)
     except HfExpandError as exc:
         raise HfExpandError(f"recipe: {_recipe_words(str(exc))}") from None
-    if args.trainable not in POLICIES:
-        raise HfExpandError(f"recipe: train.trainable: must be one of {', '.join(POLICIES)}, got {args.trainable!r}")
 
 
 def check_values(recipe: dict) -> None:

@@ -55,9 +55,7 @@ class Reuse:
     def ref_blocks_name(self) -> str:
         from .certificate import _block_list
 
-        from .multimodal import text_of
-
-        return _block_list(self.ref_model, int(text_of(self.ref_model.config).num_hidden_layers))[0]
+        return _block_list(self.ref_model)[0]
 
 
 def reusable_blocks(reuse: Reuse, model: nn.Module, blocks_name: str) -> dict[int, int]:

@@ -222,7 +222,7 @@ def predict(base_meta, grown_meta, plans, dtype: torch.dtype, max_shard_size: in
       blocks (embeddings, head) in fp32, which runs after the pool is released; plus the probes' activations
       (the hidden state after every block and the logits, kept for the comparison).
     Unchanged tensors are copied by the kernel and memory-mapped reads are file pages, not counted."""
-    from .architectures import _find_block_list
+    from .certificate import _block_list
     from .compose import Chain
 
     layout = output_layout(grown_meta, dtype, max_shard_size)
@@ -233,8 +233,9 @@ def predict(base_meta, grown_meta, plans, dtype: torch.dtype, max_shard_size: in
     verify_peak = 0
     for model in (base_meta, grown_meta):
         cfg = model.config
-        layers = int(text_of(cfg).num_hidden_layers)
-        block, other = _unit_sizes(model, _find_block_list(model, layers))
+        blocks_name, blocks = _block_list(model)
+        layers = len(blocks)
+        block, other = _unit_sizes(model, blocks_name)
         hidden = int(getattr(cfg, "hidden_size", 0) or 0)
         vocab = int(getattr(text_of(cfg), "vocab_size", 0) or 0)
         acts = probe_tokens * 4 * (hidden * (2 * layers + 8) + vocab * 3)

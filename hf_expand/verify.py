@@ -56,6 +56,19 @@ def make_probes(config, tokenizer=None, texts: list[str] | None = None, seed: in
     if isinstance(pad, int) and 0 <= pad < vocab:
         ids[mask == 0] = pad
     batches = [{"input_ids": ids, "attention_mask": mask}]
+    eos = getattr(config, "eos_token_id", None)
+    eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    if getattr(config, "is_encoder_decoder", False) and isinstance(eos, int) and 0 <= eos < vocab and vocab > 3:
+        # one end-of-sequence token per row, after its last real token (BART/T5 classifiers read the hidden state
+        # there and insist every row has the same number of them)
+        spare = next(i for i in range(vocab) if i not in (eos, pad))
+        ids[ids == eos] = spare
+        ids[torch.arange(ids.shape[0]), mask.sum(1) - 1] = eos
+    if getattr(config, "is_encoder_decoder", False):  # the decoder reads its own ids, padded like the encoder's
+        dec = torch.randint(0, vocab, (3, length), generator=g)
+        if isinstance(pad, int) and 0 <= pad < vocab:
+            dec[mask == 0] = pad
+        batches[0].update(decoder_input_ids=dec, decoder_attention_mask=mask.clone())
     if texts:
         if tokenizer is None:
             raise ValueError("probe texts need a tokenizer")
@@ -63,6 +76,8 @@ def make_probes(config, tokenizer=None, texts: list[str] | None = None, seed: in
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=int(max_pos) - 2)
         batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+        if getattr(config, "is_encoder_decoder", False):  # the text on both sides: outputs per decoder position
+            batches[-1].update(decoder_input_ids=enc["input_ids"], decoder_attention_mask=enc["attention_mask"])
     return Probes(batches)
 
 

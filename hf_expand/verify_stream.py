@@ -12,7 +12,6 @@ from pathlib import Path
 
 from .certificate import Certificate, StreamedModel, compare
 from .errors import HfExpandError
-from .multimodal import text_of
 from .reuse import Reuse
 from .verify import Probes, make_probes
 
@@ -42,6 +41,7 @@ def streamed_certificate(base: str, grown: str, probes_for, progress: bool = Fal
 
 
 def _certificate(base, grown, probes_for, progress, meta_model):
+    from .architectures import main_blocks
     from .checkpoint import CheckpointReader, resolve_folder
     from .grow import model_class_for
     from .model_io import auto_class_for, load_config
@@ -52,8 +52,7 @@ def _certificate(base, grown, probes_for, progress, meta_model):
         cls = model_class_for(auto_class_for(config), config)
         metas.append(meta_model(cls, config))
     probes = probes_for(metas[0].config)
-    pairs = counterparts_from_record(Path(grown), int(text_of(metas[0].config).num_hidden_layers),
-                                     int(text_of(metas[1].config).num_hidden_layers))
+    pairs = counterparts_from_record(Path(grown), main_blocks(metas[0].config)[0], main_blocks(metas[1].config)[0])
     readers = [CheckpointReader(resolve_folder(src), meta) for src, meta in zip((base, grown), metas)]
     runs.append(StreamedModel(metas[0], readers[0].get_float, "base").run(probes, progress, record=True))
     # a grown block stored as its counterpart's bytes and fed its exact inputs gives its output (reuse module)

@@ -48,7 +48,7 @@ def _cell(reason: str | None, reasons: list[str]) -> str:
 def more_families(reasons: list[str]) -> list[str]:
     """The families beyond the full matrix: every operation, each grown by tests/test_more_families.py, and
     whether the layout comes from a data file or is inferred from transformers."""
-    from matrix import MORE_FAMILY_CONFIGS, MORE_OPERATIONS, MORE_SEQ2SEQ, more_unsupported_reason
+    from matrix import MORE_FAMILY_CONFIGS, MORE_OPERATIONS, more_unsupported_reason
 
     from hf_expand.architectures import layout_is_inferred
 
@@ -56,7 +56,7 @@ def more_families(reasons: list[str]) -> list[str]:
     rows = []
     for family in MORE_FAMILY_CONFIGS:
         cells = [_cell(more_unsupported_reason(family, op), reasons) for op in MORE_OPERATIONS]
-        layout = "–" if family in MORE_SEQ2SEQ else "inferred" if layout_is_inferred(family) else "data file"
+        layout = "inferred" if layout_is_inferred(family) else "data file"
         rows.append(f"| {family} | {layout} | " + " | ".join(cells) + " |")
     lines = [f"Families beyond the full matrix ({len(rows)}; each cell grown by `tests/test_more_families.py`, "
              f"reloaded in stock transformers and compared with the base on other probes, every new slice learning):",

@@ -78,6 +78,44 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def free_port() -> int:
+    """A free local port: a leftover or concurrent launch must not hold gloo's default one."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def finish_launch(proc, timeout: int = 300):
+    """Wait for an `accelerate launch` started with ``start_new_session=True``; on timeout kill its whole
+    process tree and fail. torch's elastic agent starts the ranks in their own process groups, so killing the
+    launcher's group alone would leave a rank holding pytest's pipe (and the run waiting forever)."""
+    import subprocess
+
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = kill_tree(proc)
+        pytest.fail(f"the 2-process launch did not finish in {timeout} s: {stderr[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def kill_tree(proc) -> tuple[str, str]:
+    """SIGKILL a launcher and every process under it; return what it printed."""
+    import signal
+
+    import psutil
+
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    for p in tree:
+        p.kill()
+    os.killpg(proc.pid, signal.SIGKILL)
+    out = proc.communicate()
+    psutil.wait_procs(tree, timeout=30)
+    return out
+
+
 @pytest.fixture()
 def llama_dir(tiny_checkpoints):
     return tiny_checkpoints("llama")

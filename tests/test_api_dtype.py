@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from hf_expand import AddLayers, WidenFFN, grow_model
-from tests.matrix import (FAMILY_CONFIGS, MORE_FAMILY_CONFIGS, MORE_SEQ2SEQ, more_operations, more_tiny_model,
+from tests.matrix import (FAMILY_CONFIGS, MORE_FAMILY_CONFIGS, more_operations, more_tiny_model,
                           more_unsupported_reason, tiny_model)
 
 FAMILIES = sorted(FAMILY_CONFIGS)
-MORE = sorted(set(MORE_FAMILY_CONFIGS) - MORE_SEQ2SEQ)  # encoder-decoders take no operation
+MORE = sorted(MORE_FAMILY_CONFIGS)
 DTYPES = [torch.bfloat16, torch.float16]
 
 

@@ -75,5 +75,5 @@ def test_plan_without_weights():
 
 
 def test_unknown_family_error():
-    with pytest.raises(UnsupportedArchitecture, match="no architecture data for model_type 't5'"):
-        family_data("t5")
+    with pytest.raises(UnsupportedArchitecture, match="no architecture data for model_type 'pegasus'"):
+        family_data("pegasus")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import time
 import pytest
 import torch
 
+from conftest import finish_launch, free_port, kill_tree
 from test_train import SENTENCES, new_masks, run, weights
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("accelerate-launch")]
@@ -27,9 +27,7 @@ SAVING = ["--save-every", "8"]  # the killed run and its resume (checkpoints do 
 
 
 def _launch(grown, out, *extra) -> subprocess.Popen:
-    with socket.socket() as s:  # a free port: a leftover or concurrent launch must not hold gloo's default one
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "hf_expand", "train", str(grown), "--out", str(out), "--fsdp", *COMMON, *extra]
@@ -39,33 +37,10 @@ def _launch(grown, out, *extra) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _finish(proc: subprocess.Popen, timeout: int = 300) -> subprocess.CompletedProcess:
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stdout, stderr = _kill_tree(proc)
-        pytest.fail(f"the 2-process launch did not finish in {timeout} s: {stderr[-2000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-
-
-def _kill_tree(proc: subprocess.Popen) -> tuple[str, str]:
-    """SIGKILL the launcher and every process under it (torch's elastic agent starts the ranks in their own
-    process groups, so killing the launcher's group alone leaves them running)."""
-    import psutil
-
-    tree = psutil.Process(proc.pid).children(recursive=True)
-    for p in tree:
-        p.kill()
-    os.killpg(proc.pid, signal.SIGKILL)
-    out = proc.communicate()
-    psutil.wait_procs(tree, timeout=30)
-    return out
-
-
 @pytest.fixture(scope="module")
 def sharded_run(grown_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp") / "straight"
-    proc = _finish(_launch(grown_llama, out))
+    proc = finish_launch(_launch(grown_llama, out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -99,10 +74,10 @@ def test_fsdp_kill_and_resume_equals_the_uninterrupted_run(sharded_run, grown_ll
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "step-8").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    _kill_tree(proc)
+    kill_tree(proc)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (killed / "model.safetensors").exists()
-    resumed = _finish(_launch(grown_llama, killed, *SAVING, "--resume"))
+    resumed = finish_launch(_launch(grown_llama, killed, *SAVING, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = weights(sharded_run), weights(killed)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
@@ -115,7 +90,7 @@ def test_fsdp_lora_trains_adapters_and_new_slices(grown_llama, tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "lora"
-    proc = _finish(_launch(grown_llama, out, "--trainable", "lora", "--max-steps", "8"))
+    proc = finish_launch(_launch(grown_llama, out, "--trainable", "lora", "--max-steps", "8"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     section = json.loads((out / "hf_expand_growth.json").read_text())["training"]
     assert section["sharding"] == "fsdp2" and section["policy"] == "lora" and section["ranks_identical"]

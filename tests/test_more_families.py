@@ -58,7 +58,9 @@ REFUSED = {
     **{(f, "add_heads"): "head size is (computed as )?(hidden_size|d_model) / (n_head|n_heads|num_attention_heads)"
        for f in ("bloom", "mpt", "gpt_bigcode", "gptj", "codegen", "stablelm", "electra", "xlm-roberta", "camembert",
                  "data2vec-text", "modernbert", "deberta-v2")},
-    **{(f, op): "an encoder-decoder model .* cannot grow encoder-decoders yet" for f in MORE_SEQ2SEQ for op in MORE_OPERATIONS},
+    ("t5", "add_heads"): "encoder-decoders .* more heads are not built for them yet",
+    **{(f, "widen_hidden"): "encoder-decoders .* a wider hidden size is not built for them yet" for f in MORE_SEQ2SEQ},
+    ("bart", "add_heads"): "head size is d_model / attention heads",
 }
 
 
@@ -157,21 +159,72 @@ def test_lfm2_derived_ffn_width_is_refused():
 
 
 @pytest.mark.parametrize("family", sorted(MORE_SEQ2SEQ))
-def test_encoder_decoders_are_refused_by_the_python_api_and_the_cli(family, saved, tmp_path, capsys):
-    """T5 and BART have an encoder and a decoder stack: one line, exit 2, nothing written; grow_model says the same
-    and leaves the caller's model as it was."""
-    from hf_expand import WidenFFN, grow_model
+def test_encoder_decoder_stacks_grow_each_with_its_own_placement(family, saved, base_outputs, tmp_path, capsys):
+    """T5 (pre-norm, position bias only in block 0) and BART (post-norm): the CLI grows one stack at a time
+    (--stack), the Python API the other with its own placement; the other stack's tensors stay byte-identical,
+    the outputs stay the base's, and the stock class loads the result."""
+    from safetensors.torch import load_file
+
+    from hf_expand import AddLayers, grow_checkpoint
+    from hf_expand.architectures import stack_names
     from hf_expand.cli import main
 
     assert len(MORE_SEQ2SEQ) == 2
-    model = more_tiny_model(family)
+    folder = saved(family)
+    base, probes, base_out = base_outputs(family)
+    assert stack_names(base.config) == ("encoder", "decoder")
+    enc = tmp_path / "enc"
+    assert main(["grow", str(folder), "--out", str(enc), "--add-layers", "1", "--placement", "top", "--stack", "encoder",
+                 "-q"]) == 0
+    assert json.loads((enc / RECORD_FILE).read_text())["operations"][0]["params"]["stacks"] == {"encoder": [3]}
+    both = tmp_path / "both"
+    # T5: new block 0 takes the position bias table over. BART (post-norm) at 1: a new block at 0 would renormalise
+    # the embeddings' LayerNorm output, which is exact only up to its eps (verification refuses it on these weights)
+    positions = (0, 3) if family == "t5" else (1, 3)
+    grow_checkpoint(str(enc), both, [AddLayers(count=2, placement=positions, stack="decoder")])
+    grown = load_stock(both)
+    assert type(grown) is type(base)
+    counts = {k: v for k, v in grown.config.to_dict().items() if k in ("num_layers", "num_decoder_layers",
+                                                                    "encoder_layers", "decoder_layers")}
+    assert sorted(counts.values()) == [4, 5], counts
+    assert max_abs_diff(base_out, outputs(grown, probes), probes) <= 1e-5
+    record = json.loads((both / RECORD_FILE).read_text())
+    assert record["operations"][-1]["params"]["stacks"] == {"decoder": list(positions)}
+    # the decoder-only growth left every encoder tensor as the first growth wrote it
+    first, second = load_file(str(next(enc.glob("*.safetensors")))), load_file(str(next(both.glob("*.safetensors"))))
+    encoder = [k for k in first if ".encoder." in f".{k}"]
+    assert encoder and all(torch.equal(first[k], second[k]) for k in encoder)
+    if family == "t5":  # the relative position bias table lives in block 0 only, still the base's
+        tables = sorted(k for k in second if "relative_attention_bias" in k)
+        assert tables == ["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                          "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+        stock = base.state_dict()
+        assert all(torch.equal(second[k], stock[k]) for k in tables)
+
+
+def test_encoder_decoder_without_stack_data_is_refused(tmp_path, capsys):
+    """An encoder-decoder family with no data on its two stacks (Pegasus): one line naming the data file to add,
+    exit 2, nothing written; grow_model says the same and leaves the caller's model as it was. ``stack`` on a model
+    with one block stack is refused too."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    from hf_expand import AddLayers, HfExpandError, WidenFFN, grow_model, plan_growth
+    from hf_expand.cli import main
+    from matrix import tiny_config
+
+    config = AutoConfig.for_model("pegasus", d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=40,
+                                  decoder_ffn_dim=40, encoder_attention_heads=2, decoder_attention_heads=2,
+                                  vocab_size=99, max_position_embeddings=64)
+    model = AutoModelForSeq2SeqLM.from_config(config).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(UnsupportedArchitecture, match="encoder-decoder"):
+    with pytest.raises(UnsupportedArchitecture, match="encoder-decoder .*data/pegasus.json"):
         grow_model(model, [WidenFFN(factor=1.5)])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    folder = saved(family)
+    model.save_pretrained(tmp_path / "pegasus")
     capsys.readouterr()
-    code = main(["grow", str(folder), "--out", str(tmp_path / "out"), "--add-layers", "1", "-q"])
+    code = main(["grow", str(tmp_path / "pegasus"), "--out", str(tmp_path / "out"), "--add-layers", "1", "-q"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "cannot grow encoder-decoders yet" in err[0], err
+    assert code == 2 and len(err) == 1 and "hf_expand/architectures/data/pegasus.json" in err[0], err
     assert not (tmp_path / "out").exists()
+    with pytest.raises(HfExpandError, match="has one block stack"):
+        plan_growth(tiny_config("llama"), [AddLayers(count=1, stack="encoder")])

@@ -18,6 +18,7 @@ from hf_expand import AddLayers, WidenFFN, grow_checkpoint
 from hf_expand.errors import HfExpandError
 from hf_expand.train import TrainArgs, train
 from hf_expand.train.policy import slice_mask
+from conftest import finish_launch, free_port
 from matrix import tiny_model, tiny_tokenizer
 
 SENTENCES = Path(__file__).parent / "data" / "sentences.txt"
@@ -277,26 +278,15 @@ def test_two_process_ddp_on_cpu(grown_llama, tmp_path):
     one saved model, old values still bit-identical."""
     out = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    import socket
-
-    with socket.socket() as s:  # a free port: a leftover or concurrent launch must not hold gloo's default one
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--main_process_port", str(port),
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_expand", "train",
            str(grown_llama), "--data", str(SENTENCES), "--out", str(out), "--max-steps", "6", "--batch-size", "4",
            "--lr", "1e-2", "--weight-decay", "0.1", "-q"]
     # its own session: a timeout kills the launcher and both ranks (a left-behind rank would hold its port)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"the 2-process launch did not finish in 300 s: {stderr[-2000:]}")
-    proc = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    proc = finish_launch(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          start_new_session=True))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
     section = json.loads((out / "hf_expand_growth.json").read_text())["training"]

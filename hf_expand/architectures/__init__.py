@@ -16,11 +16,18 @@ trusted only because every growth is verified. A data file with ``"infer": true`
 adds refusals.
 
 Data file keys (see :class:`FamilyData`): ``ffn`` (FFN spaces: the sizing ``field`` and a module ``prefix``
-or ``modules`` list), ``roles`` (``in``: writes a space, ``out``: reads it back into the residual stream),
+or ``modules`` list), ``roles`` (``in``: writes a space, ``out``: reads it back into the residual stream; a name ending in ``?`` is a
+module some configs do not build),
 ``packed`` (stacked projections), ``qkv_sections``, ``post_norm``, ``head_norms``, ``norm_offset``,
 ``embed_scale``, ``hidden_sized_fields``, ``layer_index_fields``, ``layer_threshold_fields``, ``refuse``
 (``op``, optional ``field`` and ``allowed`` values, ``why``), ``infer``, ``comment``, ``like`` (another family
-whose file this one repeats: its keys, then this file's own on top).
+whose file this one repeats: its keys, then this file's own on top), ``stacks`` (encoder-decoders: each block
+stack's name, layer-count field, post-norm and first-block-only tensors; an FFN group may name its ``stack``).
+
+An encoder-decoder (T5, BART) has two block stacks. ``describe(config)`` then numbers each stack's blocks
+from 0 and records the stack in :attr:`ParamInfo.block`; ``describe(config, stack="decoder")`` is the view
+the depth operations take of one stack: its blocks are the layout's blocks, the other stack's tensors are
+outside them.
 
 ``describe(config)`` returns a :class:`ModelLayout` listing every parameter with its layer index,
 role and grow axis. Growth operations read only this layout, never model classes.
@@ -51,6 +58,7 @@ _SIZE_NAMES = {"n_embd", "n_inner", "d_model", "dim", "hidden_dim", "ffn_dim", "
 _ALLOWED_KEYS = {
     "ffn", "roles", "packed", "post_norm", "refuse", "layer_index_fields", "layer_threshold_fields", "comment",
     "qkv_sections", "head_norms", "norm_offset", "embed_scale", "hidden_sized_fields", "infer", "transposed", "like",
+    "stacks",
 }
 
 
@@ -66,6 +74,7 @@ class FfnGroup:
     prefix: str = ""  # every role-carrying module under this layer-relative prefix ...
     modules: tuple[str, ...] = ()  # ... or exactly these modules (BERT: no common prefix)
     default_factor_of_hidden: float | None = None  # GPT-2: n_inner=None means 4 * n_embd
+    stack: str = ""  # encoder-decoders: the block stack this FFN lives in ("" = every stack: T5's shared d_ff)
 
     def __post_init__(self):
         object.__setattr__(self, "modules", tuple(self.modules))
@@ -83,6 +92,18 @@ class PostNorm:
     branch_norms: tuple[str, ...]  # layer-relative norms inside the block, before the final one
     final_norm: str  # layer-relative norm that ends the block
     embed_norm: str  # norm (full-name suffix) that ends the embeddings, i.e. precedes block 0
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One block stack of an encoder-decoder: its name (``encoder``/``decoder``, found in the block list's
+    qualified name), the config field that counts its blocks, its post-norm layout (BART), and tensors only its
+    first block has (T5's relative position bias, computed there and passed up the stack)."""
+
+    name: str
+    count_field: str
+    post_norm: PostNorm | None = None
+    first_block_only: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +137,9 @@ class FamilyData:
     inferred: bool = False  # no data file: read off transformers (architectures.infer), trusted because verified
     # layer-relative modules whose weights are stored (in, out) like Conv1D (Llama-4's 3-D experts: x @ W)
     transposed: tuple[str, ...] = ()
+    stacks: tuple[Stack, ...] = ()  # encoder-decoders: one entry per block stack (see module doc)
+    # roles written "name?" in the data file: modules a config may or may not build (T5's wi vs gated wi_0/wi_1)
+    optional_roles: frozenset = frozenset()
 
 
 @dataclass(frozen=True)
@@ -134,6 +158,11 @@ class ParamInfo:
     input_axis: int | None = None  # axis multiplied with the module's input (Linear: -1, Conv1D: 0); None for
     # embeddings, norms and biases
 
+    @property
+    def block(self) -> str | None:
+        """The qualified name of the block holding this parameter (``model.layers.3``), None outside blocks."""
+        return None if self.layer is None else self.name[: -len(self.rel) - 1]
+
 
 @dataclass(frozen=True)
 class ModelLayout:
@@ -149,6 +178,8 @@ class ModelLayout:
     model_cls: Any = None  # the class described (growth describes the grown config with the same class)
     input_embedding: str | None = None  # parameter name of the token embedding matrix
     output_embedding: str | None = None  # parameter name of the LM head matrix, if any
+    count_field: str = "num_hidden_layers"  # the config field that counts the blocks of ``layers_prefix``
+    stack: str | None = None  # encoder-decoders: the stack this view's blocks are (None: both, numbered per stack)
 
     def layer_params(self, i: int) -> list[ParamInfo]:
         return [p for p in self.params.values() if p.layer == i]
@@ -192,9 +223,9 @@ def family_data(model_type: str) -> FamilyData:
     return FamilyData(
         model_type=model_type,
         ffn=tuple(FfnGroup(**g) for g in raw.get("ffn", [])),
-        roles=dict(raw.get("roles", {})),
+        roles={k.rstrip("?"): v for k, v in raw.get("roles", {}).items()},
         packed=dict(raw.get("packed", {})),
-        post_norm=PostNorm(tuple(post["branch_norms"]), post["final_norm"], post["embed_norm"]) if post else None,
+        post_norm=_post_norm(post),
         refuse=tuple(Refusal(r["op"], r.get("field"), tuple(r.get("allowed", ())), r["why"]) for r in raw.get("refuse", [])),
         layer_index_fields=tuple(raw.get("layer_index_fields", [])),
         layer_threshold_fields=tuple(raw.get("layer_threshold_fields", [])),
@@ -205,7 +236,14 @@ def family_data(model_type: str) -> FamilyData:
         hidden_sized_fields=tuple(raw.get("hidden_sized_fields", [])),
         inferred=bool(raw.get("infer", False)),
         transposed=tuple(raw.get("transposed", [])),
+        optional_roles=frozenset(k.rstrip("?") for k in raw.get("roles", {}) if k.endswith("?")),
+        stacks=tuple(Stack(name, st["count_field"], _post_norm(st.get("post_norm")), tuple(st.get("first_block_only", ())))
+                     for name, st in raw.get("stacks", {}).items()),
     )
+
+
+def _post_norm(post: dict | None) -> PostNorm | None:
+    return PostNorm(tuple(post["branch_norms"]), post["final_norm"], post["embed_norm"]) if post else None
 
 
 def roles_from_tp_plan(config) -> tuple[dict[str, str], dict[str, int]]:
@@ -292,17 +330,21 @@ def _has_submodule(module: nn.Module, rel: str) -> bool:
     return True
 
 
-def _find_block_list(model: nn.Module, num_layers: int) -> str:
-    """The qualified name of the ModuleList holding the transformer blocks (the largest list of that length)."""
+def _find_block_list(model: nn.Module, num_layers: int, stack: str | None = None) -> str:
+    """The qualified name of the ModuleList holding the transformer blocks (the largest list of that length;
+    ``stack``: one whose qualified name has that component, e.g. ``decoder``)."""
     best, best_size = None, -1
     for name, mod in model.named_modules():
+        if stack is not None and stack not in name.split("."):
+            continue
         if isinstance(mod, nn.ModuleList) and len(mod) == num_layers and num_layers > 0:
             size = sum(p.numel() for p in mod.parameters())
             if size > best_size:
                 best, best_size = name, size
     if best is None:
         raise UnsupportedArchitecture(
-            f"could not find the list of {num_layers} transformer blocks in {type(model).__name__}"
+            f"could not find the list of {num_layers} {stack + ' ' if stack else ''}transformer blocks in "
+            f"{type(model).__name__}"
         )
     return best
 
@@ -316,22 +358,57 @@ def _match(rel: str, table: Mapping[str, Any]) -> str | None:
 
 
 def encoder_decoder_problem(config) -> str | None:
-    """Why an encoder-decoder (T5, BART, ...) cannot be grown, or None for a model with one block stack."""
+    """Why an encoder-decoder cannot be grown (its family has no ``stacks`` data), or None."""
     if not getattr(config, "is_encoder_decoder", False):
         return None
-    return ("this is an encoder-decoder model (an encoder and a decoder block stack joined by "
-            "cross-attention); hf-expand grows models with one block stack (decoder-only or encoder-only) and cannot "
-            "grow encoder-decoders yet")
+    if has_family_data(config.model_type) and family_data(config.model_type).stacks:
+        return None
+    return (f"this is an encoder-decoder model (an encoder and a decoder block stack joined by cross-attention) of "
+            f"type '{config.model_type}', and hf-expand has no data on its two stacks; encoder-decoders grow from a "
+            f"data file with \"stacks\" (as hf_expand/architectures/data/t5.json and bart.json have): add "
+            f"hf_expand/architectures/data/{config.model_type}.json")
 
 
-def describe(config, model_cls=None) -> ModelLayout:
-    """Build the :class:`ModelLayout` of ``config`` from a meta-device model (of ``model_cls`` if given)."""
+def is_encoder_decoder(config) -> bool:
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def stack_names(config) -> tuple[str, ...]:
+    """The block stacks of an encoder-decoder (``("encoder", "decoder")``), or () for one block stack."""
+    if not is_encoder_decoder(config) or encoder_decoder_problem(config):
+        return ()
+    return tuple(st.name for st in family_data(config.model_type).stacks)
+
+
+def main_blocks(config) -> tuple[int, str | None]:
+    """(block count, stack name) of the block list a model's blocks are, for the certificate: the decoder of an
+    encoder-decoder (whose outputs are the model's), else the one block stack (``num_hidden_layers``)."""
+    from ..multimodal import text_of
+
+    text = text_of(config)
+    if stack_names(text):
+        last = family_data(text.model_type).stacks[-1]
+        return int(getattr(text, last.count_field)), last.name
+    return int(text.num_hidden_layers), None
+
+
+def _block_lists(config, model, family, stack: str | None) -> list[tuple[str, Stack | None]]:
+    """(qualified name, stack) of every block list; the last is the one a combined view calls its blocks."""
+    if not family.stacks:
+        return [(_find_block_list(model, int(config.num_hidden_layers)), None)]
+    if stack is not None and stack not in {st.name for st in family.stacks}:
+        raise HfExpandError(f"{config.model_type} has no block stack named {stack!r} "
+                            f"(it has {', '.join(st.name for st in family.stacks)})")
+    return [(_find_block_list(model, int(getattr(config, st.count_field)), st.name), st) for st in family.stacks]
+
+
+def describe(config, model_cls=None, stack: str | None = None) -> ModelLayout:
+    """Build the :class:`ModelLayout` of ``config`` from a meta-device model (of ``model_cls`` if given).
+    ``stack``: an encoder-decoder's view of one block stack (see module doc)."""
     problem = encoder_decoder_problem(config)
     if problem:
         raise UnsupportedArchitecture(problem)
     model = meta_model(config, model_cls)
-    num_layers = int(config.num_hidden_layers)
-    prefix = _find_block_list(model, num_layers)
 
     roles, packed = roles_from_tp_plan(config)
     family = family_data(config.model_type) if has_family_data(config.model_type) else None
@@ -340,6 +417,7 @@ def describe(config, model_cls=None) -> ModelLayout:
 
         from .infer import attention_roles, infer_family
 
+        prefix = _find_block_list(model, int(config.num_hidden_layers))
         roles.update(attention_roles(model, prefix, roles))
         if family is not None:  # the file adds roles the tp plan lacks (inference then sees them) and refusals
             roles.update(family.roles)
@@ -350,26 +428,31 @@ def describe(config, model_cls=None) -> ModelLayout:
             packed={**inferred.packed, **family.packed}, transposed=family.transposed)
     roles.update(family.roles)
     packed.update(family.packed)
+    lists = _block_lists(config, model, family, stack)
+    prefix, own = lists[-1] if stack is None else next(b for b in lists if b[1].name == stack)
     transposed = {
         name for name, mod in model.named_modules() if type(mod).__name__ == "Conv1D"  # GPT-2: weight is (in, out)
-    } | {f"{prefix}.{i}.{rel}" for i, block in enumerate(model.get_submodule(prefix)) for rel in family.transposed
+    } | {f"{bl}.{i}.{rel}" for bl, _ in lists for i, block in enumerate(model.get_submodule(bl)) for rel in family.transposed
          if _has_submodule(block, rel)}
     embeddings = {name for name, mod in model.named_modules() if isinstance(mod, nn.Embedding)}
-    layer_re = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.+)$")
+    layer_res = [(re.compile(rf"^{re.escape(bl)}\.(\d+)\.(.+)$"), st) for bl, st in lists]
 
     params: dict[str, ParamInfo] = {}
     used_roles: set[str] = set()
     for name, p in model.named_parameters(remove_duplicate=False):
-        m = layer_re.match(name)
+        m, st = next(((m, st) for r, st in layer_res if (m := r.match(name))), (None, None))
         layer, rel = (int(m.group(1)), m.group(2)) if m else (None, name)
         role = ffn_field = ffn_axis = None
         parts, is_bias = 1, name.endswith(".bias")
+        if layer is not None and _match(rel, roles) is not None:
+            used_roles.add(_match(rel, roles))  # every stack's blocks use the family's roles
+        if stack is not None and st is not None and st.name != stack:
+            layer, rel = None, name  # a one-stack view: the other stack's blocks are outside its blocks
         if layer is not None:
             key = _match(rel, roles)
             if key is not None:
-                used_roles.add(key)
                 role = roles[key]
-                group = _ffn_group_of(rel, family)
+                group = _ffn_group_of(rel, family, st.name if st else "")
                 if group is not None:
                     ffn_field = group.field
                     parts = packed.get(key, 1)
@@ -381,7 +464,7 @@ def describe(config, model_cls=None) -> ModelLayout:
             input_axis = p.ndim - 2 if module_name in transposed else p.ndim - 1
         params[name] = ParamInfo(name, tuple(p.shape), layer, rel, role, ffn_field, parts, ffn_axis, is_bias, input_axis)
 
-    missing = [k for k in family.roles if k not in used_roles]
+    missing = [k for k in family.roles if k not in used_roles and k not in family.optional_roles]
     if missing:
         raise UnsupportedArchitecture(
             f"architecture data for '{config.model_type}' names module(s) {missing} that "
@@ -409,14 +492,24 @@ def describe(config, model_cls=None) -> ModelLayout:
         out_name = weight_of(model.get_output_embeddings())
     except (AttributeError, NotImplementedError):
         out_name = None
+    if own is not None:  # a stack's own post-norm layout (BART's decoder blocks have a cross-attention norm too)
+        from dataclasses import replace
+
+        family = replace(family, post_norm=own.post_norm)
+    count_field = own.count_field if own is not None else "num_hidden_layers"
+    num_layers = len(model.get_submodule(prefix))
     return ModelLayout(config.model_type, family, prefix, num_layers, params, residual_out, tied,
-                       model_cls=type(model), input_embedding=in_name, output_embedding=out_name)
+                       model_cls=type(model), input_embedding=in_name, output_embedding=out_name,
+                       count_field=count_field, stack=stack)
 
 
-def _ffn_group_of(rel: str, family: FamilyData) -> FfnGroup | None:
-    """The FFN group whose prefix is the longest match for ``rel`` (``mlp.experts.`` beats ``mlp.``)."""
+def _ffn_group_of(rel: str, family: FamilyData, stack: str = "") -> FfnGroup | None:
+    """The FFN group whose prefix is the longest match for ``rel`` (``mlp.experts.`` beats ``mlp.``), among the
+    groups of ``stack`` (an encoder-decoder's) and those of every stack."""
     best = None
     for g in family.ffn:
+        if g.stack and g.stack != stack:
+            continue
         if g.contains(rel) and (best is None or len(g.prefix) > len(best.prefix)):
             best = g
     return best

@@ -29,7 +29,7 @@ from ..errors import HfExpandError, UnsupportedArchitecture
 from ..plan import WHOLE, Fill, Plan, TensorStep
 from . import register
 from .common import updated_config
-from .stacking import MAX_NEW_LAYERS, stack_config_updates, stack_steps
+from .stacking import MAX_NEW_LAYERS, check_stack_name, plan_stacks, stack_config_updates, stack_steps
 
 PLACEMENTS = ("interleave", "top", "bottom")
 
@@ -38,11 +38,13 @@ PLACEMENTS = ("interleave", "top", "bottom")
 @dataclass(frozen=True)
 class AddLayers:
     """Add ``count`` identity blocks at ``placement``: interleave (default), top, bottom, or explicit
-    positions (indices in the grown model, e.g. ``(2, 5)``)."""
+    positions (indices in the grown model, e.g. ``(2, 5)``). An encoder-decoder gets them in each stack, or
+    only in ``stack`` (``"encoder"`` / ``"decoder"``); two operations give the stacks their own placements."""
 
     name: ClassVar[str] = "add_layers"
     count: int | None = None
     placement: Union[str, tuple[int, ...]] = "interleave"
+    stack: str | None = None
 
     def __post_init__(self):
         placement = self.placement
@@ -68,6 +70,7 @@ class AddLayers:
             raise HfExpandError(f"--add-layers must be at least 1, got {self.count}")
         if self.count > MAX_NEW_LAYERS:
             raise HfExpandError(f"--add-layers {self.count} is more than {MAX_NEW_LAYERS} new layers; is that a typo?")
+        check_stack_name(self.stack)
 
     def layer_order(self, num_layers: int) -> list[tuple[bool, int]]:
         """The grown stack as (is_new, source layer index) for each position."""
@@ -101,6 +104,9 @@ class AddLayers:
 
     def plan(self, config, layout: ModelLayout) -> Plan:
         check_refusals(config, self.name)
+        return plan_stacks(self, config, layout, self._plan_stack)
+
+    def _plan_stack(self, config, layout: ModelLayout) -> Plan:
         L = layout.num_layers
         order = self.layer_order(L)
         post = layout.family.post_norm

@@ -25,7 +25,7 @@ from ..errors import HfExpandError
 from ..plan import Plan
 from . import register
 from .common import updated_config
-from .stacking import MAX_NEW_LAYERS, stack_config_updates, stack_steps
+from .stacking import MAX_NEW_LAYERS, check_stack_name, plan_stacks, stack_config_updates, stack_steps
 
 
 @register
@@ -38,6 +38,7 @@ class DepthUpscale:
     preserving: ClassVar[bool] = False
     trim: int | None = None
     ranges: tuple[tuple[int, int], ...] | None = None
+    stack: str | None = None  # an encoder-decoder's stack to rebuild (default: each, from the same ranges)
 
     def __post_init__(self):
         if (self.trim is None) == (self.ranges is None):
@@ -56,6 +57,7 @@ class DepthUpscale:
                     raise HfExpandError(f"depth_upscale range {a}:{b} is empty or negative; ranges are start:stop "
                                         f"with 0 <= start < stop (stop exclusive)")
             object.__setattr__(self, "ranges", ranges)
+        check_stack_name(self.stack)
 
     def resolved_ranges(self, num_layers: int) -> tuple[tuple[int, int], ...]:
         if self.ranges is None:
@@ -87,6 +89,9 @@ class DepthUpscale:
 
     def plan(self, config, layout: ModelLayout) -> Plan:
         check_refusals(config, self.name)
+        return plan_stacks(self, config, layout, self._plan_stack)
+
+    def _plan_stack(self, config, layout: ModelLayout) -> Plan:
         L = layout.num_layers
         ranges = self.resolved_ranges(L)
         order = self.layer_order(L)

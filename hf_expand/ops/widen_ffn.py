@@ -101,7 +101,7 @@ class WidenFFN:
                 init = "zero" if p.role == "out" or p.is_bias else "normal"
             else:
                 init = "split_out" if p.role == "out" else "split_in"
-            scope = f"{layout.layers_prefix}.{p.layer}.{p.ffn_field}"
+            scope = f"{p.block}.{p.ffn_field}"
             grow = Grow(axis=axis, parts=p.parts, old=old, new=new - old, init=init, scope=scope)
             shape_after = tuple(p.parts * new if i == axis else d for i, d in enumerate(p.shape))
             steps.append(TensorStep(p.name, p.name, p.shape, shape_after, (grow,)))

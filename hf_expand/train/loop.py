@@ -34,6 +34,7 @@ from ..errors import HfExpandError, NonFiniteOutputs
 from ..record import EVALUATION, RECORD_FILE, TRAINING, inherit_lineage, record_path, write_record
 from ..record import read_record as _read_record
 from . import runfolder as RF
+from .args import TrainArgs  # noqa: F401  (re-exported: declared once there, with its flags and recipe keys)
 from .runfolder import ARGS_FILE, CHECKPOINTS, FINAL_PARTIAL, LOCK_FILE  # noqa: F401  (re-exported)
 
 log = logging.getLogger("hf_expand")
@@ -45,56 +46,6 @@ MAX_SEED = 2**32 - 1  # numpy's limit (accelerate's set_seed seeds numpy too)
 class TrainingDiverged(HfExpandError):
     """The loss or the gradient norm became NaN or inf: the run stopped before the optimizer step that
     would have written it into the weights."""
-
-
-@dataclasses.dataclass
-class TrainArgs:
-    model: str
-    data: str
-    out: str
-    text_column: str = "text"
-    label_column: str | None = None
-    task: str | None = None
-    trainable: str = "new"
-    max_steps: int | None = None
-    epochs: float | None = None
-    lr: float = 1e-4
-    new_lr: float | None = None
-    weight_decay: float = 0.01
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    warmup_steps: int = 0
-    max_length: int = 128
-    packing: bool = False
-    eval_data: str | None = None
-    eval_ratio: float | None = None
-    eval_split: str | None = None
-    eval_every: int = 0
-    save_every: int = 0
-    log_every: int = 10
-    seed: int = 0
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False  # recompute each block's activations in backward (less memory, slower)
-    fsdp: bool = False  # shard every block and the model with FSDP2 across the processes (train/sharding.py)
-    lora_r: int = 8
-    lora_alpha: int = 16
-    save_adapter: bool = False
-    command: str | None = None  # how the run was started (recorded, not compared on --resume)
-    base_model: str | None = None  # lineage for the card when MODEL is a local folder (not compared on --resume)
-
-    def identity(self) -> dict:
-        """What a resumed run must share with the run it resumes."""
-        d = dataclasses.asdict(self)
-        d.pop("out")
-        d.pop("command")
-        d.pop("base_model")
-        if d.get("eval_split") is None:  # runs saved before --eval-split existed resume unchanged
-            d.pop("eval_split")
-        for flag in ("gradient_checkpointing", "fsdp"):  # nor before these flags existed
-            if not d.get(flag):
-                d.pop(flag)
-        return d
 
 
 def _finite(name: str, value, low: float, high: float | None = None, low_open: bool = False) -> None:
@@ -146,6 +97,10 @@ def _check_args(a: TrainArgs) -> None:
         raise HfExpandError(f"--base-model {a.base_model!r} is not a Hub model id; use org/name")
     if a.mixed_precision not in ("no", "bf16", "fp16"):
         raise HfExpandError(f"--mixed-precision must be no, bf16 or fp16, got {a.mixed_precision}")
+    from .policies import policy_names
+
+    if a.trainable not in policy_names():
+        raise HfExpandError(f"--trainable must be one of {', '.join(policy_names())}, got {a.trainable!r}")
 
 
 def _total_steps(a: TrainArgs, per_epoch: int) -> int:
@@ -440,7 +395,7 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
 
     from . import data as D
     from .metrics import evaluate_model
-    from .policy import apply_masks, build_optimizer, plan_trainable, split_partly_new
+    from .policies import get_policy
 
     augmentation = _augmentation_summary(a.data)  # read now: a damaged file is refused before training
     from accelerate.utils import is_tensorboard_available
@@ -490,33 +445,28 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
     if not a.packing or task != "causal-lm":
         metrics.update(_growth_metrics(a, model, tokenizer, record, task, head, check_ds, accelerator))
 
-    plan = plan_trainable(model, record, a.trainable, head)
+    policy = get_policy(a.trainable)
+    plan = base_plan = policy.plan(model, record, head)
     if a.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
-    # partly-new tensors split into frozen old and trained new parameters (state for new entries only); under
-    # lora before peft wraps the layers (the split layer becomes its base_layer)
-    split_partly_new(model, plan)
-    base_plan = plan
-    if a.trainable == "lora":
-        from .lora import wrap_lora
-
-        model, plan = wrap_lora(model, plan, a.lora_r, a.lora_alpha)
-    apply_masks(model, plan)
+    # e.g. partly-new tensors split into frozen old and trained new parameters (state for new entries only),
+    # LoRA adapters wrapped around the old layers
+    model, plan = policy.prepare(model, plan, a)
     trainable_values = plan.trainable_values(model)
-    if a.fsdp:  # after the split: FSDP2 shards the old and the new parts like any other parameters
+    if a.fsdp:  # after prepare: FSDP2 shards split old and new parts like any other parameters
         from .sharding import shard
 
         shard(model.to(accelerator.device))
-    optimizer = build_optimizer(model, plan, a.lr, a.weight_decay, a.new_lr)
+    optimizer = policy.build_optimizer(model, plan, a.lr, a.weight_decay, a.new_lr)
     collate = D.collator(task, tokenizer, a.seed)
     eval_collate = D.collator(task, tokenizer, a.seed)  # its own: evaluations must not move the training masks
     if task == "masked-lm":
         collate = D.PositionSeededCollator(collate, a.seed, accelerator.process_index)
         eval_collate = D.PositionSeededCollator(eval_collate, a.seed, accelerator.process_index)
-    # the LoRA merge check's inputs: the first training rows, collated apart from the loader (under DDP a
+    # a merge check's inputs (lora): the first training rows, collated apart from the loader (under DDP a
     # prepared loader must never be iterated on one rank only)
     probe_batch = (D.collator(task, tokenizer, a.seed)([train_ds[i] for i in range(min(4, len(train_ds)))])
-                   if a.trainable == "lora" else None)
+                   if policy.merge_probe else None)
     train_dl = DataLoader(train_ds, batch_size=a.batch_size, shuffle=True, collate_fn=collate)
     eval_dl = DataLoader(eval_ds, batch_size=a.batch_size, collate_fn=eval_collate) if eval_ds is not None else None
     per_epoch = math.ceil(len(train_dl) / accelerator.num_processes / a.grad_accum)
@@ -680,25 +630,15 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
     def save():
         unwrapped = accelerator.unwrap_model(model)
         if full is not None:  # sharded: the gathered values, in a model loaded fresh from the grown folder
-            unwrapped = load_for_training(a, labels)[0]
-            if a.trainable == "lora":  # the same adapters around the same layers, to merge below
-                from .lora import wrap_lora
-
-                unwrapped = wrap_lora(unwrapped, base_plan, a.lora_r, a.lora_alpha)[0]
+            unwrapped = policy.shape_like_trained(load_for_training(a, labels)[0], base_plan, a)
             unwrapped.load_state_dict({k: v.cpu() for k, v in full.items()})
-        else:
-            from .split import join
-
-            join(unwrapped)  # split tensors become plain parameters again: a plain save_pretrained folder
 
         def write(tmp: Path):
             nonlocal unwrapped
-            if a.trainable == "lora":
-                from .lora import finish_lora
-
-                probe = {k: v.to(accelerator.device) for k, v in probe_batch.items()}
-                unwrapped, section["lora_merge_max_abs_diff"] = finish_lora(unwrapped, tmp if a.save_adapter else None,
-                                                                            probe)
+            # plain parameters again (split tensors joined, adapters merged): a plain save_pretrained folder
+            probe = {k: v.to(accelerator.device) for k, v in probe_batch.items()} if probe_batch is not None else None
+            unwrapped, extra = policy.finalize_for_save(unwrapped, tmp, probe, a)
+            section.update(extra)
             _write_final(unwrapped, tokenizer, record, section, tmp, a, t.out.name)
 
         _commit_final(t.run_dir, write)

@@ -1,4 +1,5 @@
-"""``--trainable lora``: peft LoRA on the pre-existing linear weights, full training of the grown slices.
+"""The peft side of ``--trainable lora`` (the policy itself: :mod:`.policies.lora`): LoRA on the
+pre-existing linear weights, full training of the grown slices.
 
 After training the adapter is merged (``merge_and_unload``) so the saved model is a plain checkpoint;
 ``save_adapter`` also writes the adapter (``<out>/adapter``). The adapter alone does not reproduce the
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import HfExpandError
+from .policies.lora import LORA_BASE
 from .policy import TrainablePlan, mode_of
 
 
@@ -23,11 +25,12 @@ def _linear_like(module) -> bool:
 
 
 def wrap_lora(model, plan: TrainablePlan, r: int, alpha: int):
-    """(peft model, plan renamed to peft's parameter names)."""
+    """(peft model, plan renamed to peft's parameter names): adapters on the linear layers whose weight ``plan``
+    marks :data:`LORA_BASE` or partly new; those weights themselves stay frozen."""
     from peft import LoraConfig, get_peft_model
 
     targets = sorted(name for name, module in model.named_modules()
-                     if _linear_like(module) and plan.modes.get(f"{name}.weight") in ("lora-base", "partial"))
+                     if _linear_like(module) and plan.modes.get(f"{name}.weight") in (LORA_BASE, "partial"))
     if not targets:
         raise HfExpandError("no pre-existing linear layer to put LoRA on; use --trainable new or all")
     fan_in_fan_out = any(type(m).__name__ == "Conv1D" for m in model.modules())
@@ -48,10 +51,10 @@ def wrap_lora(model, plan: TrainablePlan, r: int, alpha: int):
         if module_name.endswith(".base_layer") and module_name.removesuffix(".base_layer") in targets:
             name = f"{module_name.removesuffix('.base_layer')}.{leaf}"
         mode = plan.modes.get(name, "frozen")
-        modes[peft_name] = "frozen" if mode == "lora-base" else mode
+        modes[peft_name] = "frozen" if mode == LORA_BASE else mode
         if mode == "partial":
             masks[peft_name] = plan.masks[name]
-    return wrapped, TrainablePlan("lora", modes, masks)
+    return wrapped, TrainablePlan(plan.policy, modes, masks)
 
 
 def finish_lora(model, out: Path | None, probe: dict):

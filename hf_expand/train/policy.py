@@ -1,4 +1,5 @@
-"""Which values train: the ``new`` / ``all`` / ``lora`` policies, read from the growth record.
+"""Which values train, read from the growth record: plans, masks and the masked optimizer the policies
+(:mod:`.policies`: ``new`` / ``all`` / ``lora``) are built from.
 
 Under ``new`` every pre-existing value must stay bit-identical through training, weight decay and
 optimizer momentum included. A tensor that is entirely old gets ``requires_grad=False`` (no gradient, no
@@ -26,9 +27,6 @@ import torch
 
 from ..errors import HfExpandError
 from ..record import RECORD_FILE
-
-POLICIES = ("new", "all", "lora")
-
 
 def slice_mask(shape: torch.Size, slices: list[dict]) -> torch.Tensor | None:
     """Boolean mask of the new entries (None when the whole tensor is new)."""
@@ -74,15 +72,21 @@ class TrainablePlan:
 
 
 def plan_trainable(model, record: dict | None, policy: str, head_names: tuple[str, ...] = ()) -> TrainablePlan:
-    """Decide what trains. ``head_names``: parameters created after growth (a fresh task head) train fully."""
-    if policy not in POLICIES:
-        raise HfExpandError(f"unknown trainable policy {policy!r}; use one of {', '.join(POLICIES)}")
-    names = [n for n, _ in model.named_parameters()]
-    if policy == "all":
-        return TrainablePlan(policy, {n: "full" for n in names}, {})
+    """Decide what trains under the registered policy called ``policy`` (:mod:`.policies`). ``head_names``:
+    parameters created after growth (a fresh task head) train fully."""
+    from .policies import get_policy
+
+    return get_policy(policy).plan(model, record, head_names)
+
+
+def plan_from_record(model, record: dict | None, policy: str, head_names: tuple[str, ...] = (),
+                     old_mode: str = "frozen") -> TrainablePlan:
+    """The plan of a policy that trains what growth added: tensors the record names as new train fully or
+    partly (``masks``), ``head_names`` fully, every other tensor gets ``old_mode``."""
     if record is None or "new_slices" not in record:
         raise HfExpandError(f"--trainable {policy} needs the growth record ({RECORD_FILE}) of a model grown by "
                             f"hf-expand; this model has none: use --trainable all")
+    names = [n for n, _ in model.named_parameters()]
     found = _record_lookup(model, record["new_slices"])
     params = dict(model.named_parameters())
     modes, masks = {}, {}
@@ -95,7 +99,7 @@ def plan_trainable(model, record: dict | None, policy: str, head_names: tuple[st
             if modes[name] == "partial":
                 masks[name] = mask
         else:
-            modes[name] = "frozen" if policy == "new" else "lora-base"
+            modes[name] = old_mode
     if not any(m in ("full", "partial") for m in modes.values()):
         raise HfExpandError("the growth record names no tensor of this model as new; nothing would train "
                             "(use --trainable all)")
@@ -184,18 +188,20 @@ class MaskedAdamW(torch.optim.AdamW):
 
 
 def build_optimizer(model, plan: TrainablePlan, lr: float, weight_decay: float = 0.01, new_lr: float | None = None,
-                    betas=(0.9, 0.999), eps: float = 1e-8) -> MaskedAdamW:
+                    betas=(0.9, 0.999), eps: float = 1e-8, new_capacity=None) -> MaskedAdamW:
     """The optimizer for ``plan``: trainable parameters only; partly-new ones with masked decay.
-    ``new_lr``: a separate learning rate for new capacity (fully-new and partly-new tensors)."""
+    ``new_lr``: a separate learning rate for new capacity, i.e. the trained parameters whose name
+    ``new_capacity(name)`` accepts (default: the plan's policy says, ``Policy.is_new_capacity``)."""
+    if new_capacity is None:
+        from .policies import get_policy
+
+        new_capacity = get_policy(plan.policy).is_new_capacity
     params = dict(model.named_parameters())
     new, other = [], []
     for name, p in params.items():
         if not p.requires_grad:
             continue
-        # new capacity (grown tensors/slices, split-off new parts, fresh heads) gets new_lr; LoRA adapters and
-        # `all` get lr
-        is_new = plan.policy != "all" and "lora_" not in name
-        (new if is_new else other).append(p)
+        (new if new_capacity(name) else other).append(p)
     groups = []
     if other:
         groups.append({"params": other, "lr": lr, "weight_decay": weight_decay})

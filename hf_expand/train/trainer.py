@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import HfExpandError
 from ..record import read_record
-from .policy import TrainablePlan, apply_masks, build_optimizer, plan_trainable, split_partly_new
+from .policies import get_policy
+from .policy import TrainablePlan, apply_masks
 
 
 def _record(grown):
@@ -38,20 +38,16 @@ def prepare_for_trainer(model, grown: str | Path | dict | None, policy: str = "n
     """Make ``model`` train only what ``policy`` allows, for an optimizer Trainer builds itself (see module
     doc). ``grown``: the grown model's folder (its growth record), the record itself, or None for ``"all"``.
     ``model.state_dict()`` keeps its plain names, so ``save_model`` and checkpoints are ordinary; call
-    :func:`.split.join` to turn the model back into plain parameters in memory."""
-    if policy == "lora":
-        raise HfExpandError("prepare_for_trainer takes policies new and all; for LoRA with Trainer use peft "
-                            "directly, or policy_optimizer(model, grown, 'lora')")
-    plan = plan_trainable(model, _record(grown), policy, head_names)
-    split_partly_new(model, plan)
-    apply_masks(model, plan)
-    return plan
+    :func:`.split.join` to turn the model back into plain parameters in memory. ``lora`` is refused (use peft
+    directly)."""
+    return get_policy(policy).prepare_for_trainer(model, _record(grown), head_names)
 
 
 def policy_optimizer(model, grown: str | Path | dict | None, policy: str = "new", lr: float = 1e-4,
                      weight_decay: float = 0.0, new_lr: float | None = None, head_names: tuple[str, ...] = ()):
     """``grown``: the grown model's folder (its growth record, ``record.RECORD_FILE``), the record itself, or
     None for ``policy="all"``."""
-    plan = plan_trainable(model, _record(grown), policy, head_names)
+    chosen = get_policy(policy)
+    plan = chosen.plan(model, _record(grown), head_names)
     apply_masks(model, plan)
-    return build_optimizer(model, plan, lr, weight_decay, new_lr)
+    return chosen.build_optimizer(model, plan, lr, weight_decay, new_lr)

@@ -11,7 +11,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# two pytest-xdist workers on two cores: one torch thread each (tiny models gain nothing from more)
+# two pytest-xdist workers on two cores: one torch thread each (tiny models gain nothing from more), in the
+# subprocesses the tests start too (two threads per process on two busy cores mostly spin)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 from matrix import (  # noqa: E402,F401  (the matrix lives in a plain module: scripts import it too)

@@ -125,7 +125,6 @@ def _run(cmd: list[str], work: Path, env: dict, what: str):
     return result
 
 
-@pytest.mark.xdist_group("accelerate-launch")  # its DDP example and test_train's share gloo's default port
 def test_readme_runs_as_written(world):
     """Shell commands, then Python blocks, in document order; then what the text promises of them."""
     server, work, env = world

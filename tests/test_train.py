@@ -272,7 +272,7 @@ def test_offline_metrics_match_hand_computed_values():
         load_metric("bleu")
 
 
-@pytest.mark.xdist_group("accelerate-launch")  # test_readme's DDP example uses the same default port
+@pytest.mark.xdist_group("accelerate-launch")  # one 2-process launch at a time (with test_fsdp.py)
 def test_two_process_ddp_on_cpu(grown_llama, tmp_path):
     """ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2: world size 2, identical ranks,
     one saved model, old values still bit-identical."""

@@ -373,6 +373,18 @@ def _grad_norm(model):
     return torch.linalg.vector_norm(torch.stack([local(torch.linalg.vector_norm(g.float())) for g in grads]))
 
 
+def _clip(model, norm: float, max_norm: float) -> None:
+    """Scale every gradient by ``max_norm / (norm + 1e-6)`` when that is below 1, as
+    ``torch.nn.utils.clip_grad_norm_`` does, with the norm :func:`_grad_norm` already measured (every rank holds
+    the same one), so one pass over the gradients per step is saved."""
+    coef = max_norm / (norm + 1e-6)
+    if coef >= 1.0:
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.detach().mul_(coef)
+
+
 def _diverged(a: TrainArgs, t: RunTarget, step: int, loss: float, norm: float) -> TrainingDiverged:
     what = f"loss {loss:.4g}" if not math.isfinite(loss) else f"loss {loss:.4g}, gradient norm {norm:.4g}"
     ckpts = RF.checkpoints(t.run_dir)
@@ -561,7 +573,9 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                     if not (math.isfinite(value) and math.isfinite(grad_norm)):
                         optimizer.zero_grad()
                         raise _diverged(a, t, step + 1, value, grad_norm)
-                    if a.max_grad_norm:
+                    if a.max_grad_norm and a.mixed_precision != "fp16":
+                        _clip(model, grad_norm, a.max_grad_norm)  # the norm just measured: not computed twice
+                    elif a.max_grad_norm:  # fp16: accelerate unscales the gradients first
                         accelerator.clip_grad_norm_(model.parameters(), a.max_grad_norm)
                 if accelerator.sync_gradients or not a.fsdp:  # prepared ones skip accumulation steps themselves
                     optimizer.step()

@@ -275,7 +275,7 @@ MORE_FAMILY_CONFIGS = {
            "first_k_dense_replace": 1, "kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8,
            "qk_nope_head_dim": 16, "v_head_dim": 16, "n_group": 1, "topk_group": 1, "head_dim": 8,
            "num_key_value_heads": 4} for f in ("deepseek_v2", "deepseek_v3")},
-    # encoder-decoders: refused (one block stack only), listed so the table says why
+    # encoder-decoders: two block stacks (T5 pre-norm with block-0 position bias; BART post-norm), each its own depth
     "t5": {"d_ff": 88, "num_decoder_layers": 3, "d_kv": 24, "relative_attention_num_buckets": 8},
     "bart": {"encoder_ffn_dim": 88, "decoder_ffn_dim": 88, "encoder_layers": 3, "decoder_layers": 3,
              "encoder_attention_heads": 4, "decoder_attention_heads": 4},

@@ -228,3 +228,48 @@ def test_encoder_decoder_without_stack_data_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(HfExpandError, match="has one block stack"):
         plan_growth(tiny_config("llama"), [AddLayers(count=1, stack="encoder")])
+
+def test_grown_t5_trains_only_its_new_capacity_with_the_trainer_helper(saved, tmp_path, capsys):
+    """`hf-expand train` takes causal LMs, masked LMs and classifiers: a grown T5 is refused in one line that
+    names the way (Seq2SeqTrainer after prepare_for_trainer). That way trains the new capacity only: a few AdamW
+    steps with weight decay leave every old value bit-identical and move every new slice."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSeq2SeqLM
+
+    from hf_expand import AddLayers, WidenFFN
+    from hf_expand.cli import main
+    from hf_expand.train.split import join
+    from hf_expand.train.trainer import prepare_for_trainer
+    from test_train import SENTENCES, new_masks
+
+    grown = tmp_path / "grown"
+    grow_checkpoint(str(saved("t5")), grown, [WidenFFN(factor=1.5), AddLayers(count=1)])
+    capsys.readouterr()
+    code = main(["train", str(grown), "--data", str(SENTENCES), "--out", str(tmp_path / "trained"), "--max-steps", "2",
+                 "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Seq2SeqTrainer" in err[0] and "prepare_for_trainer" in err[0], err
+    assert not (tmp_path / "trained").exists()
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(grown)
+    prepare_for_trainer(model, grown, "new")
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and len(trained) < len(list(model.parameters()))
+    optimizer = torch.optim.AdamW(trained, lr=1e-2, weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(3):  # the new FFN rows learn only once their zero output columns have moved
+        ids = torch.randint(3, model.config.vocab_size, (4, 10), generator=g)
+        model(input_ids=ids, decoder_input_ids=ids.roll(1, -1), labels=ids.flip(-1)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    join(model)
+    before = load_file(str(grown / "model.safetensors"))
+    after = {k: v.detach() for k, v in model.state_dict().items()}
+    masks = new_masks(grown, before)
+    assert any(m.any() for m in masks.values())
+    for name, t in before.items():
+        m = masks[name]
+        assert torch.equal(t[~m], after[name][~m]), f"old values of {name} changed"
+        if m.any():
+            assert not torch.equal(t[m], after[name][m]), f"new slice of {name} did not train"

@@ -21,6 +21,10 @@ def task_of(config, label_column: str | None) -> str:
         return "masked-lm"
     if arch.endswith("ForSequenceClassification") or label_column:
         return "classification"
+    if getattr(config, "is_encoder_decoder", False):
+        raise HfExpandError(f"{arch or config.model_type} is an encoder-decoder (sequence-to-sequence) model; hf-expand "
+                            f"train takes causal LMs, masked LMs and classifiers. Train it with transformers' "
+                            f"Seq2SeqTrainer after hf_expand.train.trainer.prepare_for_trainer(model, folder)")
     raise HfExpandError(f"cannot tell the task of a {arch or config.model_type} checkpoint; pass --task "
                         f"({', '.join(TASKS)}) or --label-column for classification")
 

@@ -273,3 +273,40 @@ def test_grown_t5_trains_only_its_new_capacity_with_the_trainer_helper(saved, tm
         assert torch.equal(t[~m], after[name][~m]), f"old values of {name} changed"
         if m.any():
             assert not torch.equal(t[m], after[name][m]), f"new slice of {name} did not train"
+
+
+def test_encoder_decoder_edge_cases(saved, tmp_path, capsys):
+    """T5 depth up-scaling whose first block is not base block 0 keeps the position bias table in block 0; a
+    class holding one stack of the pair (T5EncoderModel) is refused in one line; `--task causal-lm` on a grown BART
+    is refused too (a causal-LM class would silently drop the encoder); a placement that does not fit names its
+    stack."""
+    from transformers import AutoConfig, T5EncoderModel
+
+    from hf_expand import AddLayers, DepthUpscale, HfExpandError, grow_model, plan_growth
+    from hf_expand.cli import main
+    from test_train import SENTENCES
+
+    t5 = more_tiny_model("t5")
+    grown, report = grow_model(t5, [DepthUpscale(ranges="1:3,0:3", stack="encoder")])
+    names = [n for n, _ in grown.named_parameters() if "relative_attention_bias" in n]
+    assert names == ["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                     "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+    assert torch.equal(grown.get_parameter(names[0]), t5.get_parameter(names[0]))
+    assert not report.operations[0].preserving and grown.config.num_layers == 5
+
+    encoder_only = T5EncoderModel(t5.config)
+    with pytest.raises(UnsupportedArchitecture, match="T5EncoderModel holds only part of t5's block stacks"):
+        grow_model(encoder_only, [AddLayers(count=1)])
+
+    config = AutoConfig.from_pretrained(saved("t5"))
+    config.num_decoder_layers = 2
+    with pytest.raises(HfExpandError, match="^decoder stack: --placement position"):
+        plan_growth(config, [AddLayers(placement=(3,))])
+
+    capsys.readouterr()
+    out = tmp_path / "trained"
+    code = main(["train", str(saved("bart")), "--data", str(SENTENCES), "--out", str(out), "--task", "causal-lm",
+                 "--max-steps", "2", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "encoder-decoder" in err[0] and "Seq2SeqTrainer" in err[0], err
+    assert not out.exists()

@@ -395,11 +395,24 @@ def main_blocks(config) -> tuple[int, str | None]:
 def _block_lists(config, model, family, stack: str | None) -> list[tuple[str, Stack | None]]:
     """(qualified name, stack) of every block list; the last is the one a combined view calls its blocks."""
     if not family.stacks:
+        if stack is not None:
+            raise HfExpandError(f"{config.model_type} has one block stack; there is no {stack!r} stack to describe")
         return [(_find_block_list(model, int(config.num_hidden_layers)), None)]
     if stack is not None and stack not in {st.name for st in family.stacks}:
         raise HfExpandError(f"{config.model_type} has no block stack named {stack!r} "
                             f"(it has {', '.join(st.name for st in family.stacks)})")
-    return [(_find_block_list(model, int(getattr(config, st.count_field)), st.name), st) for st in family.stacks]
+    found, missing = [], []
+    for st in family.stacks:
+        try:
+            found.append((_find_block_list(model, int(getattr(config, st.count_field)), st.name), st))
+        except UnsupportedArchitecture:
+            missing.append(st.name)
+    if missing:  # T5EncoderModel, BartForCausalLM: one stack of the pair
+        raise UnsupportedArchitecture(
+            f"{type(model).__name__} holds only part of {config.model_type}'s block stacks (no {', '.join(missing)}); "
+            f"hf-expand grows {config.model_type} as the whole encoder-decoder (e.g. "
+            f"{config.model_type.upper()}ForConditionalGeneration) and cannot grow this class yet")
+    return found
 
 
 def describe(config, model_cls=None, stack: str | None = None) -> ModelLayout:
@@ -425,7 +438,8 @@ def describe(config, model_cls=None, stack: str | None = None) -> ModelLayout:
         inferred = infer_family(config, model, prefix, roles, packed, family.transposed if family else ())
         family = inferred if family is None else replace(
             inferred, refuse=family.refuse, roles={**inferred.roles, **family.roles},
-            packed={**inferred.packed, **family.packed}, transposed=family.transposed)
+            packed={**inferred.packed, **family.packed}, transposed=family.transposed,
+            optional_roles=family.optional_roles)
     roles.update(family.roles)
     packed.update(family.packed)
     lists = _block_lists(config, model, family, stack)

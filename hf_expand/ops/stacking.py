@@ -34,14 +34,15 @@ def stack_steps(layout: ModelLayout, order: list[tuple[bool, int]], zero_new_bra
     for p in layout.params.values():
         if p.layer is None:
             steps[p.name] = TensorStep(p.name, p.name, p.shape, p.shape)
+    for p in per_layer.get(0, []):
+        if in_modules(p.rel, first_only):
+            # only block 0 has it (T5's position bias table, computed there and passed up the stack): the base
+            # block 0's, whichever block now comes first
+            steps[p.name] = TensorStep(p.name, p.name, p.shape, p.shape)
     for j, (is_new, src) in enumerate(order):
         for p in per_layer[src]:
             target = f"{layout.layers_prefix}.{j}.{p.rel}"
             if in_modules(p.rel, first_only):
-                # only block 0 has it (T5's position bias table, shared up the stack): block 0's, wherever it moved
-                if j == 0:
-                    first = layout.params[f"{layout.layers_prefix}.0.{p.rel}"]
-                    steps[target] = TensorStep(target, first.name, first.shape, first.shape)
                 continue
             actions = ()
             if is_new and zero_new_branches and in_modules(p.rel, layout.residual_out):
@@ -110,7 +111,10 @@ def plan_stacks(op, config, layout: ModelLayout, plan_one) -> Plan:
                             f"{', '.join(names)}")
     plans = []
     for name in [wanted] if wanted else names:
-        plans.append((name, plan_one(config, architectures.describe(config, layout.model_cls, stack=name))))
+        try:
+            plans.append((name, plan_one(config, architectures.describe(config, layout.model_cls, stack=name))))
+        except HfExpandError as exc:  # the same settings apply to each stack: say which one they do not fit
+            raise type(exc)(f"{name} stack: {exc}") from None
         config = plans[-1][1].new_config
     return join_stack_plans(plans, main=names[-1])
 
@@ -121,11 +125,10 @@ def join_stack_plans(plans: list[tuple[str, Plan]], main: str) -> Plan:
     tables = [{s.target: s for s in p.steps} for _, p in plans]
     steps = []
     for step in plans[-1][1].steps:
-        for table in tables:
-            own = table.get(step.target)
-            if own is not None and not own.is_noop:
-                step = own
-        steps.append(step)
+        changed = [own for table in tables if (own := table.get(step.target)) is not None and not own.is_noop]
+        if len(changed) > 1:
+            raise AssertionError(f"{step.target} is changed by more than one stack's plan")
+        steps.append(changed[0] if changed else step)
     first, last = plans[0][1], plans[-1][1]
     main_plan = dict(plans).get(main)
     return Plan(

@@ -9,6 +9,13 @@ from ..errors import HfExpandError
 TASKS = ("causal-lm", "masked-lm", "classification")
 
 
+def seq2seq_refusal(config) -> str:
+    arch = (getattr(config, "architectures", None) or [config.model_type])[0]
+    return (f"{arch} is an encoder-decoder (sequence-to-sequence) model; hf-expand train takes causal LMs, masked LMs "
+            f"and classifiers. Train it with transformers' Seq2SeqTrainer after "
+            f"hf_expand.train.trainer.prepare_for_trainer(model, folder)")
+
+
 def task_of(config, label_column: str | None) -> str:
     """The task a model's head implies (a bare encoder + --label-column means classification)."""
     arch = (getattr(config, "architectures", None) or [""])[0]
@@ -22,9 +29,7 @@ def task_of(config, label_column: str | None) -> str:
     if arch.endswith("ForSequenceClassification") or label_column:
         return "classification"
     if getattr(config, "is_encoder_decoder", False):
-        raise HfExpandError(f"{arch or config.model_type} is an encoder-decoder (sequence-to-sequence) model; hf-expand "
-                            f"train takes causal LMs, masked LMs and classifiers. Train it with transformers' "
-                            f"Seq2SeqTrainer after hf_expand.train.trainer.prepare_for_trainer(model, folder)")
+        raise HfExpandError(seq2seq_refusal(config))
     raise HfExpandError(f"cannot tell the task of a {arch or config.model_type} checkpoint; pass --task "
                         f"({', '.join(TASKS)}) or --label-column for classification")
 

@@ -267,10 +267,12 @@ def load_for_training(a: TrainArgs, num_labels=None):
     from transformers import AutoTokenizer
 
     from ..model_io import auto_class_for, load_config
-    from .data import task_of
+    from .data import seq2seq_refusal, task_of
 
     config = load_config(a.model)
     task = a.task or task_of(config, a.label_column)
+    if getattr(config, "is_encoder_decoder", False) and task != "classification":  # a causal-LM class would drop
+        raise HfExpandError(seq2seq_refusal(config))  # the encoder (BartForCausalLM) without a word
     try:
         tokenizer = AutoTokenizer.from_pretrained(a.model, trust_remote_code=False)
     except Exception:  # noqa: BLE001

@@ -40,6 +40,7 @@ def make_probes(config, tokenizer=None, texts: list[str] | None = None, seed: in
 
     ``vocab_limit`` keeps probes to the ids a tokenizer can produce when a padded vocabulary's unused
     rows are about to be reused for new tokens."""
+    from .architectures import is_encoder_decoder
     from .multimodal import probe_limit, text_of
 
     g = torch.Generator().manual_seed(seed)
@@ -56,15 +57,16 @@ def make_probes(config, tokenizer=None, texts: list[str] | None = None, seed: in
     if isinstance(pad, int) and 0 <= pad < vocab:
         ids[mask == 0] = pad
     batches = [{"input_ids": ids, "attention_mask": mask}]
+    seq2seq = is_encoder_decoder(config)
     eos = getattr(config, "eos_token_id", None)
     eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
-    if getattr(config, "is_encoder_decoder", False) and isinstance(eos, int) and 0 <= eos < vocab and vocab > 3:
+    if seq2seq and isinstance(eos, int) and 0 <= eos < vocab and vocab > 3:
         # one end-of-sequence token per row, after its last real token (BART/T5 classifiers read the hidden state
         # there and insist every row has the same number of them)
         spare = next(i for i in range(vocab) if i not in (eos, pad))
         ids[ids == eos] = spare
         ids[torch.arange(ids.shape[0]), mask.sum(1) - 1] = eos
-    if getattr(config, "is_encoder_decoder", False):  # the decoder reads its own ids, padded like the encoder's
+    if seq2seq:  # the decoder reads its own ids, padded like the encoder's
         dec = torch.randint(0, vocab, (3, length), generator=g)
         if isinstance(pad, int) and 0 <= pad < vocab:
             dec[mask == 0] = pad
@@ -76,7 +78,7 @@ def make_probes(config, tokenizer=None, texts: list[str] | None = None, seed: in
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=int(max_pos) - 2)
         batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
-        if getattr(config, "is_encoder_decoder", False):  # the text on both sides: outputs per decoder position
+        if seq2seq:  # the text on both sides: outputs per decoder position
             batches[-1].update(decoder_input_ids=enc["input_ids"], decoder_attention_mask=enc["attention_mask"])
     return Probes(batches)
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -359,7 +359,7 @@ def _match(rel: str, table: Mapping[str, Any]) -> str | None:
 
 def encoder_decoder_problem(config) -> str | None:
     """Why an encoder-decoder cannot be grown (its family has no ``stacks`` data), or None."""
-    if not getattr(config, "is_encoder_decoder", False):
+    if not is_encoder_decoder(config):
         return None
     if has_family_data(config.model_type) and family_data(config.model_type).stacks:
         return None
@@ -426,8 +426,6 @@ def describe(config, model_cls=None, stack: str | None = None) -> ModelLayout:
     roles, packed = roles_from_tp_plan(config)
     family = family_data(config.model_type) if has_family_data(config.model_type) else None
     if family is None or family.inferred:  # no data file, or one that adds to the inference ("infer": true)
-        from dataclasses import replace
-
         from .infer import attention_roles, infer_family
 
         prefix = _find_block_list(model, int(config.num_hidden_layers))
@@ -458,12 +456,12 @@ def describe(config, model_cls=None, stack: str | None = None) -> ModelLayout:
         layer, rel = (int(m.group(1)), m.group(2)) if m else (None, name)
         role = ffn_field = ffn_axis = None
         parts, is_bias = 1, name.endswith(".bias")
-        if layer is not None and _match(rel, roles) is not None:
-            used_roles.add(_match(rel, roles))  # every stack's blocks use the family's roles
+        key = _match(rel, roles) if layer is not None else None
+        if key is not None:
+            used_roles.add(key)  # every stack's blocks use the family's roles
         if stack is not None and st is not None and st.name != stack:
-            layer, rel = None, name  # a one-stack view: the other stack's blocks are outside its blocks
+            layer, rel, key = None, name, None  # a one-stack view: the other stack's blocks are outside its blocks
         if layer is not None:
-            key = _match(rel, roles)
             if key is not None:
                 role = roles[key]
                 group = _ffn_group_of(rel, family, st.name if st else "")
@@ -507,8 +505,6 @@ def describe(config, model_cls=None, stack: str | None = None) -> ModelLayout:
     except (AttributeError, NotImplementedError):
         out_name = None
     if own is not None:  # a stack's own post-norm layout (BART's decoder blocks have a cross-attention norm too)
-        from dataclasses import replace
-
         family = replace(family, post_norm=own.post_norm)
     count_field = own.count_field if own is not None else "num_hidden_layers"
     num_layers = len(model.get_submodule(prefix))

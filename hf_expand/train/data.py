@@ -10,6 +10,7 @@ TASKS = ("causal-lm", "masked-lm", "classification")
 
 
 def seq2seq_refusal(config) -> str:
+    """Why ``hf-expand train`` does not take an encoder-decoder, and what to use instead."""
     arch = (getattr(config, "architectures", None) or [config.model_type])[0]
     return (f"{arch} is an encoder-decoder (sequence-to-sequence) model; hf-expand train takes causal LMs, masked LMs "
             f"and classifiers. Train it with transformers' Seq2SeqTrainer after "
@@ -28,7 +29,9 @@ def task_of(config, label_column: str | None) -> str:
         return "masked-lm"
     if arch.endswith("ForSequenceClassification") or label_column:
         return "classification"
-    if getattr(config, "is_encoder_decoder", False):
+    from ..architectures import is_encoder_decoder
+
+    if is_encoder_decoder(config):
         raise HfExpandError(seq2seq_refusal(config))
     raise HfExpandError(f"cannot tell the task of a {arch or config.model_type} checkpoint; pass --task "
                         f"({', '.join(TASKS)}) or --label-column for classification")

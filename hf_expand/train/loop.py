@@ -266,12 +266,13 @@ def load_for_training(a: TrainArgs, num_labels=None):
     import transformers
     from transformers import AutoTokenizer
 
+    from ..architectures import is_encoder_decoder
     from ..model_io import auto_class_for, load_config
     from .data import seq2seq_refusal, task_of
 
     config = load_config(a.model)
     task = a.task or task_of(config, a.label_column)
-    if getattr(config, "is_encoder_decoder", False) and task != "classification":  # a causal-LM class would drop
+    if is_encoder_decoder(config) and task != "classification":  # a causal-LM class would drop
         raise HfExpandError(seq2seq_refusal(config))  # the encoder (BartForCausalLM) without a word
     try:
         tokenizer = AutoTokenizer.from_pretrained(a.model, trust_remote_code=False)

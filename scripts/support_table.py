@@ -73,11 +73,11 @@ def readme_block(text: str) -> str | None:
     return text.split(START, 1)[1].split(END, 1)[0].strip("\n")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="replace the table in README.md")
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md's table differs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     table = generate()
     readme = ROOT / "README.md"
     text = readme.read_text()

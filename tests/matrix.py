@@ -192,6 +192,7 @@ IMPLIED_HEAD_SIZE = {"gpt2", "gpt_neox", "opt", "bert", "roberta", "distilbert"}
 EXPECTED_UNSUPPORTED = {(f, "add_heads") for f in IMPLIED_HEAD_SIZE | {"olmo2"}}
 
 
+@functools.lru_cache(maxsize=None)
 def unsupported_reason(family: str, case: str) -> str | None:
     """Why ``case`` cannot apply to ``family`` (the error growth raises), or None when it applies.
 
@@ -342,8 +343,10 @@ def more_operations(op: str, config, tokenizer):
 
 
 @functools.lru_cache(maxsize=None)  # planning builds meta models: the tests ask for each cell more than once
+@functools.lru_cache(maxsize=None)
 def more_unsupported_reason(family: str, op: str) -> str | None:
-    """Why ``op`` cannot apply to the tiny model of a family beyond the full matrix (planning only), or None."""
+    """Why ``op`` cannot apply to the tiny model of a family beyond the full matrix (planning only), or None.
+    Cached: the support table and test_more_families ask for every cell (~400 plannings, ~10 s)."""
     from hf_expand import UnsupportedArchitecture, plan_growth
 
     if op == "add_labels" and not has_classifier(family):

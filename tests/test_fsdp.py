@@ -21,9 +21,10 @@ from test_train import SENTENCES, new_masks, run, weights
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("accelerate-launch")]
 
-COMMON = ["--data", str(SENTENCES), "--max-steps", "40", "--batch-size", "4", "--lr", "1e-3",
+STEPS = 16  # each launch costs ~11 s of startup whatever its length; 16 steps exercise decay and momentum enough
+COMMON = ["--data", str(SENTENCES), "--max-steps", str(STEPS), "--batch-size", "4", "--lr", "1e-3",
           "--weight-decay", "0.1", "--packing", "--max-length", "16", "--log-every", "0", "-q"]
-SAVING = ["--save-every", "8"]  # the killed run and its resume (checkpoints do not change the weights)
+SAVING = ["--save-every", "4"]  # the killed run and its resume (checkpoints do not change the weights)
 
 
 def _launch(grown, out, *extra) -> subprocess.Popen:
@@ -61,7 +62,7 @@ def test_fsdp_new_keeps_old_values_and_matches_one_process(sharded_run, grown_ll
             assert not torch.equal(t[m], after[name][m]), f"new slice of {name} did not train"
     AutoModelForCausalLM.from_pretrained(sharded_run)  # the saved folder loads in stock transformers
     # one process, the same global batches (4 + 4 rows per step = 8), the same schedule
-    run(grown_llama, tmp_path / "one", max_steps=40, lr=1e-3, weight_decay=0.1, batch_size=8, packing=True,
+    run(grown_llama, tmp_path / "one", max_steps=STEPS, lr=1e-3, weight_decay=0.1, batch_size=8, packing=True,
         max_length=16)
     single = weights(tmp_path / "one")
     worst = max(float((single[k] - after[k]).abs().max()) for k in after)
@@ -72,7 +73,7 @@ def test_fsdp_kill_and_resume_equals_the_uninterrupted_run(sharded_run, grown_ll
     killed = tmp_path / "killed"
     proc = _launch(grown_llama, killed, *SAVING)
     deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step-8").exists() and proc.poll() is None and time.time() < deadline:
+    while not (killed / "checkpoints" / "step-4").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     kill_tree(proc)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"

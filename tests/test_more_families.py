@@ -69,6 +69,7 @@ def test_more_families_are_new_and_many():
     assert len(MORE_OPERATIONS) == 7 and len(CELLS) == len(FAMILIES) * 7
 
 
+@pytest.mark.xdist_group("matrix-planning")  # with the support-table test: the plannings are cached in matrix.py
 def test_refused_cells_are_the_ones_planning_refuses():
     """The README table (planning) and these tests (growing) agree on which cells are refused, and why."""
     refused = {(f, op): more_unsupported_reason(f, op) for f, op in CELLS}

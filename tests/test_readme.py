@@ -152,7 +152,7 @@ def test_readme_runs_as_written(world):
     assert len(aug) == 3 * len(SENTENCES.read_text().splitlines())
     # Training: new capacity trained, then evaluated; DDP ran two processes
     trained = json.loads((work / "out" / "trained" / "hf_expand_growth.json").read_text())["training"]
-    assert trained["policy"] == "new" and trained["steps"] == 500
+    assert trained["policy"] == "new" and trained["steps"] == 200
     evaluate_line = next(ln for ln in readme_commands() if ln.startswith("hf-expand evaluate"))
     assert "perplexity" in outputs[evaluate_line]
     ddp = json.loads((work / "out" / "trained-ddp" / "hf_expand_growth.json").read_text())["training"]

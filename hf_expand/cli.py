@@ -20,13 +20,76 @@ from .errors import HfExpandError, PreservationError
 log = logging.getLogger("hf_expand")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and example epilogs as written; every option's help ends with its default, unless the help
+    already names it or there is none to show (a switch is off by default; None: the help says what happens)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and "default" not in text.lower() and default not in (None, False, [])
+                and default is not argparse.SUPPRESS and not isinstance(action, argparse._VersionAction)):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):  # no abbreviations: "--tok SECRET" must not be read as --token
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message):  # one line instead of usage + message
         raise HfExpandError(f"{message} (see {self.prog} --help)")
+
+
+INTERNAL_ERROR = 3  # an unexpected exception (a bug): not 1 (outputs not preserved) nor 2 (bad input)
+
+EXAMPLES = {
+    "grow": """examples:
+  hf-expand grow meta-llama/Llama-3.2-1B --out out/llama-pro --add-layers 4            # LLaMA Pro, interleaved
+  hf-expand grow ./my-model --out out/wide --widen-ffn 1.5 --add-layers 2 --dry-run   # plan and memory, no weights
+  hf-expand grow mistralai/Mistral-7B-v0.1 --out out/solar --depth-upscale 8          # SOLAR (difference recorded)
+  hf-expand grow ./classifier --out out/more-labels --add-labels spam,phishing""",
+    "augment": """examples:
+  hf-expand augment train.csv --out data/train-aug --text-column text --augment synonym:p=0.3 --copies 2
+  hf-expand augment imdb --out data/imdb-aug --text-column text --augment keyboard:p=0.1 --format jsonl""",
+    "train": """examples:
+  hf-expand train out/llama-pro --data train.jsonl --out out/trained --trainable new --max-steps 200
+  hf-expand train out/llama-pro --data train.jsonl --output_dir out/trained --learning_rate 1e-4   # Trainer spellings
+  accelerate launch -m hf_expand train out/llama-pro --data train.jsonl --out out/trained --fsdp""",
+    "evaluate": """examples:
+  hf-expand evaluate out/trained --data test.jsonl                          # perplexity of a causal LM
+  hf-expand evaluate out/classifier --data test.csv --label-column label    # accuracy and F1""",
+    "push": """examples:
+  hf-expand push out/trained your-name/llama-pro-trained
+  hf-expand push out/trained your-name/llama-pro-trained --private --create-pr""",
+    "run": """examples:
+  hf-expand run                                   # the shipped quickstart recipe
+  hf-expand run recipes/llama-pro.yaml --dry-run  # validate and print the plan
+  hf-expand run my.yaml train.max_steps=60 --out runs/short""",
+    "setup-wordnet": """examples:
+  sudo apt-get install wordnet-base wordnet-sense-index && hf-expand setup-wordnet""",
+    "verify": """examples:
+  hf-expand verify meta-llama/Llama-3.2-1B out/llama-pro
+  hf-expand verify ./base ./grown --tolerance 1e-5 --probe-text 'The capital of France is'""",
+    "env": """examples:
+  hf-expand env        # paste the output into a bug report""",
+    "completion": """examples:
+  source <(hf-expand completion bash)                        # this shell
+  hf-expand completion bash > ~/.local/share/bash-completion/completions/hf-expand
+  hf-expand completion zsh > ~/.zfunc/_hf-expand             # zsh (bashcompinit)""",
+}
+
+
+def _verbosity_flags(parser, default) -> None:
+    """-q/-v: on the main parser (before the command) and on every command (after it). The commands' copies
+    default to SUPPRESS, so a flag given before the command is not reset by the command's parser."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="only print results and errors (no logs, no progress bars)")
+    g.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="also print debug logs, and the traceback of an unexpected error")
 
 
 def _push_flags(p, prefix: str = "") -> None:
@@ -74,11 +137,26 @@ def _augment_count(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hf-expand", description="Grow a trained Hugging Face model with its outputs preserved.")
+    parser = _Parser(prog="hf-expand", description="Grow a trained Hugging Face model with its outputs preserved.",
+                     epilog="examples:\n  hf-expand grow meta-llama/Llama-3.2-1B --out out/llama-pro --add-layers 4\n"
+                            "  hf-expand run              # the quickstart recipe: grow, augment, train, evaluate\n"
+                            "  hf-expand COMMAND --help   # the flags of one command, with their defaults\n\n"
+                            "exit codes: 0 done, 1 outputs not preserved (nothing written), 2 bad input (nothing "
+                            "written), 3 unexpected error (a bug: rerun with -v and report it), 130 interrupted")
     parser.add_argument("--version", action="version", version=f"hf-expand {__version__}")
+    _verbosity_flags(parser, False)
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="only print results and errors (no logs, no progress bars)")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _verbosity_flags(common, argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    _add_parser = sub.add_parser
+
+    def add_parser(name, **kwargs):  # every command: the -q/-v flags and its examples
+        kwargs.setdefault("parents", [common])
+        if name in EXAMPLES:
+            kwargs.setdefault("epilog", EXAMPLES[name])
+        return _add_parser(name, **kwargs)
+
+    sub.add_parser = add_parser
 
     g = sub.add_parser("grow", parents=[common], help="grow a checkpoint (folder or Hub id) into a new folder",
                        description="Grow a checkpoint with its outputs preserved. A safetensors checkpoint is "
@@ -96,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = g.add_mutually_exclusive_group()
     w.add_argument("--widen-ffn", type=_number, metavar="F", help="multiply every FFN width by F (> 1)")
     w.add_argument("--ffn-size", type=_number, metavar="N", help="set the FFN width to N units (MoE: the experts' width; the shared expert and dense MLPs scale by the same ratio)")
+    g.add_argument("--multiple-of", type=_number, metavar="N",
+                   help="with --widen-ffn/--ffn-size: round every new FFN width up to a multiple of N (e.g. 128 for "
+                        "tensor parallelism and quantised kernels)")
     g.add_argument("--add-layers", type=_number, metavar="N", help="add N identity layers")
     g.add_argument("--placement", default="interleave",
                    help="where new layers go: interleave (default, LLaMA Pro), top, bottom, or indices i,j,... in the grown model")
@@ -117,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--add-labels", metavar="A,B,...", help="append these labels to a classification head")
     g.add_argument("--add-tokens", metavar="T1,T2,...", help="add these tokens to the tokenizer and embeddings")
     g.add_argument("--add-tokens-file", metavar="FILE", help="add the tokens listed in FILE, one per line")
+    g.add_argument("--special-tokens", action="store_true",
+                   help="add the tokens as special tokens (chat and tool markers): never split or normalised, and "
+                        "dropped by decode(skip_special_tokens=True)")
     g.add_argument("--new-token-output", choices=["pieces", "mean"],
                    help="output rows of new tokens: mean of their pieces (default) or of all rows (keeps their probability near zero)")
     g.add_argument("--seed", type=int, default=0, help="seed for new weights (per tensor name)")
@@ -136,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--base-model", metavar="ORG/NAME",
                    help="Hub id of the model SRC is a local copy of: the card's base_model (lineage on the Hub)")
 
-    a = sub.add_parser("augment", parents=[common], help="augment the text of a dataset (file, save_to_disk folder or Hub id)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _lazy_epilog(a, "augmenters (SPEC = name:key=value,...; parameters with defaults):\n", _augmenters_help)
+    a = sub.add_parser("augment", parents=[common], help="augment the text of a dataset (file, save_to_disk folder or Hub id)")
+    _lazy_epilog(a, "augmenters (SPEC = name:key=value,...; parameters with defaults):\n", _augmenters_help,
+                 "\n\n" + EXAMPLES["augment"])
     a.add_argument("data", help="csv/json/jsonl/parquet/txt file, save_to_disk folder, or Hub dataset id")
     a.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     a.add_argument("--text-column", action="append", required=True, metavar="COL",
@@ -178,15 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     _push_flags(t)
 
     ev = sub.add_parser("evaluate", parents=[common], help="metrics of a model on data (accuracy/F1 or perplexity), offline")
-    ev.add_argument("model")
-    ev.add_argument("--data", required=True)
-    ev.add_argument("--text-column", default="text")
-    ev.add_argument("--label-column")
+    ev.add_argument("model", help="model folder or Hub id")
+    ev.add_argument("--data", required=True,
+                    help="csv/json/jsonl/parquet/txt file, save_to_disk folder, or Hub dataset id")
+    ev.add_argument("--text-column", default="text", help="text column")
+    ev.add_argument("--label-column", help="label column: accuracy and F1 (default: none, so perplexity or "
+                                           "masked-LM loss by the model's head)")
     ev.add_argument("--split", metavar="NAME", help="split of --data to evaluate on (default: test, else validation)")
-    ev.add_argument("--task", choices=["causal-lm", "masked-lm", "classification"])
-    ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--max-length", type=int, default=128)
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--task", choices=["causal-lm", "masked-lm", "classification"],
+                    help="what to measure (default: from the model's head)")
+    ev.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
+    ev.add_argument("--max-length", type=int, default=128, help="tokens per example (longer texts are cut)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of masked-LM masks")
 
     pu = sub.add_parser("push", parents=[common], help="push an output folder to the Hub with a refreshed model card")
     pu.add_argument("folder", help="a folder written by hf-expand grow/train")
@@ -213,11 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "block that has a counterpart in the base (from the grown folder's growth record; "
                                    "by index when the depths agree). Exit 1 when the outputs differ beyond "
                                    "--tolerance, naming the first block that differs.")
-    v.add_argument("base")
-    v.add_argument("grown")
+    v.add_argument("base", help="the base model: folder or Hub id")
+    v.add_argument("grown", help="the grown model: folder or Hub id")
     v.add_argument("--tolerance", type=float, default=1e-4, help="max allowed |base - grown| of the final outputs (default 1e-4)")
-    v.add_argument("--probe-text", action="append", default=[], metavar="TEXT")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--probe-text", action="append", default=[], metavar="TEXT",
+                   help="probe text besides the random probes (repeatable; default: random ids only)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the random probe ids")
+
+    sub.add_parser("env", help="print versions and the machine for a bug report (no token is ever printed)",
+                   description="Versions of hf-expand, Python, torch (and its accelerators) and the Hugging Face "
+                               "libraries, for a bug report.")
+    c = sub.add_parser("completion", help="print a shell completion script (bash or zsh)",
+                       description="Print a completion script for the commands and their flags.")
+    c.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete in")
     return parser
 
 
@@ -259,7 +354,9 @@ def _operations(args) -> list:
     elif args.kv_heads is not None:
         raise HfExpandError("--kv-heads applies to --add-heads N; add it or drop the flag")
     if args.widen_ffn is not None or args.ffn_size is not None:
-        ops.append(WidenFFN(factor=args.widen_ffn, size=args.ffn_size, init=args.init))
+        ops.append(WidenFFN(factor=args.widen_ffn, size=args.ffn_size, init=args.init, multiple_of=args.multiple_of))
+    elif args.multiple_of is not None:
+        raise HfExpandError("--multiple-of applies to --widen-ffn F / --ffn-size N; add one or drop the flag")
     placement_given = args.placement != "interleave"
     if args.add_layers is not None or placement_given:
         count = args.add_layers
@@ -280,9 +377,10 @@ def _operations(args) -> list:
         ops.append(AddLabels(parse_list(args.add_labels, "--add-labels")))
     tokens = _read_tokens(args)
     if tokens is not None:
-        ops.append(AddTokens(tuple(tokens), output_init=args.new_token_output or "pieces"))
-    elif args.new_token_output is not None:
-        raise HfExpandError("--new-token-output applies to --add-tokens / --add-tokens-file; add one or drop the flag")
+        ops.append(AddTokens(tuple(tokens), output_init=args.new_token_output or "pieces", special=args.special_tokens))
+    elif args.new_token_output is not None or args.special_tokens:
+        flag = "--new-token-output" if args.new_token_output is not None else "--special-tokens"
+        raise HfExpandError(f"{flag} applies to --add-tokens / --add-tokens-file; add one or drop the flag")
     if args.init != "zero" and not any(op.name == "widen_ffn" for op in ops):
         raise HfExpandError("--init applies to FFN widening; add --widen-ffn F or --ffn-size N")
     if not ops:
@@ -402,14 +500,15 @@ def _verify_in_memory(args) -> int:
     return 0 if ok else 1
 
 
-def _lazy_epilog(parser: argparse.ArgumentParser, head: str, make) -> None:
-    """Give ``parser`` the epilog ``head + make()``, built only when its help is shown (listing the augmenters
-    imports the augment package: ~0.15 s that every other command would pay while building the parser)."""
+def _lazy_epilog(parser: argparse.ArgumentParser, head: str, make, tail: str = "") -> None:
+    """Give ``parser`` the epilog ``head + make() + tail``, built only when its help is shown (listing the
+    augmenters imports the augment package: ~0.15 s that every other command would pay building the parser)."""
     format_help = parser.format_help
+    parser.epilog = None
 
     def lazy_format_help() -> str:
         if parser.epilog is None:
-            parser.epilog = head + make()
+            parser.epilog = head + make() + tail
         return format_help()
 
     parser.format_help = lazy_format_help
@@ -549,9 +648,28 @@ def cmd_setup_wordnet(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    from .env import report
+
+    print(report())
+    return 0
+
+
+def cmd_completion(args) -> int:
+    from .completion import script
+
+    print(script(build_parser(), args.shell))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = any(a in ("-v", "--verbose") for a in argv)  # before parsing: a parse error may need it too
     try:
         parser = build_parser()
+        if not argv:  # a bare `hf-expand`: what it can do
+            parser.print_help()
+            return 0
         args, extra = parser.parse_known_args(argv)
         if extra:  # `run` overrides may come after options (key.path=value); anything else is an error
             if args.command == "run" and all("=" in e and not e.startswith("-") for e in extra):
@@ -560,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
         from .logs import setup_logging
 
-        setup_logging(args.quiet)
+        setup_logging(args.quiet, args.verbose)
         if args.quiet:
             import transformers
 
@@ -571,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
             if "datasets" in sys.modules:
                 sys.modules["datasets"].disable_progress_bars()
         commands = {"grow": cmd_grow, "verify": cmd_verify, "augment": cmd_augment, "setup-wordnet": cmd_setup_wordnet,
-                    "train": cmd_train, "evaluate": cmd_evaluate, "push": cmd_push, "run": cmd_run}
+                    "train": cmd_train, "evaluate": cmd_evaluate, "push": cmd_push, "run": cmd_run, "env": cmd_env,
+                    "completion": cmd_completion}
         return commands[args.command](args)
     except PreservationError as exc:
         print(f"hf-expand: error: {exc}", file=sys.stderr)
@@ -585,17 +704,31 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # last resort: a disk / permission / vanished-file error no command put in its own words
         print(f"hf-expand: error: {_os_error_line(exc)}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001 - only safetensors' own error is turned into a line; bugs still raise
-        if type(exc).__name__ != "SafetensorError" or not type(exc).__module__.startswith("safetensors"):
-            raise
-        first = (str(exc).strip().splitlines() or ["unreadable"])[0]
-        print(f"hf-expand: error: a .safetensors file is damaged or unreadable ({first}); re-download or re-save "
-              f"the model it belongs to", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("hf-expand: interrupted; nothing half-written was left (finished recipe stages and training "
               "checkpoints are kept)", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error is bad input; anything else is a bug
+        if type(exc).__name__ == "SafetensorError" and type(exc).__module__.startswith("safetensors"):
+            first = (str(exc).strip().splitlines() or ["unreadable"])[0]
+            print(f"hf-expand: error: a .safetensors file is damaged or unreadable ({first}); re-download or re-save "
+                  f"the model it belongs to", file=sys.stderr)
+            return 2
+        return _internal_error(exc, verbose)
+
+
+def _internal_error(exc: BaseException, verbose: bool) -> int:
+    """An exception no command expected: one line (the traceback first with ``-v``), exit code 3."""
+    if verbose:
+        import traceback
+
+        traceback.print_exception(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    hint = "the traceback is above" if verbose else "rerun with -v for the traceback"
+    print(f"hf-expand: internal error: {what} ({hint}; please report it with the output of `hf-expand env`)",
+          file=sys.stderr)
+    return INTERNAL_ERROR
 
 
 _OS_ERROR_FIXES = {

@@ -22,10 +22,11 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(quiet: bool) -> None:
-    """``hf_expand.*`` messages to stderr as plain lines: INFO and up, or WARNING and up with ``-q``."""
+def setup_logging(quiet: bool, verbose: bool = False) -> None:
+    """``hf_expand.*`` messages to stderr as plain lines: INFO and up, WARNING and up with ``-q``, DEBUG and
+    up with ``-v``."""
     logger = logging.getLogger("hf_expand")
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     if not any(getattr(h, _HANDLER_FLAG, False) for h in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))

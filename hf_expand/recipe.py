@@ -100,33 +100,12 @@ def validate(recipe, schema=SCHEMA, path: str = "") -> None:
 
 
 def operations(recipe: dict) -> list:
-    """``grow.operations`` entries (``{widen_ffn: {factor: 1.5}}`` or ``{op: widen_ffn, factor: 1.5}``) -> ops."""
-    out = []
-    for i, entry in enumerate((recipe.get("grow") or {}).get("operations") or []):
-        where = f"grow.operations[{i}]"
-        if isinstance(entry, dict) and "op" in entry:
-            name, params = entry["op"], {k: v for k, v in entry.items() if k != "op"}
-        elif isinstance(entry, dict) and len(entry) == 1:
-            name, params = next(iter(entry.items()))
-            params = params or {}
-            if not isinstance(params, dict):
-                raise HfExpandError(f"recipe: {where}.{name}: expected a mapping of parameters "
-                                    f"(e.g. {{{name}: {{...}}}}), found {type(params).__name__} {params!r}")
-        else:
-            raise HfExpandError(f"recipe: {where}: expected {{operation: {{parameters}}}}, found {entry!r}")
-        if name not in REGISTRY:
-            raise HfExpandError(f"recipe: {where}: unknown operation {name!r}; valid: {', '.join(REGISTRY)}")
-        cls = REGISTRY[name]
-        fields = {f.name for f in dataclasses.fields(cls)} - {"tokenizer"}
-        unknown = sorted(set(params) - fields)
-        if unknown:
-            raise HfExpandError(f"recipe: {where}.{unknown[0]}: unknown parameter of {name}; expected one of {', '.join(sorted(fields))}")
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-        try:
-            out.append(cls(**params))
-        except (TypeError, HfExpandError) as exc:
-            raise HfExpandError(f"recipe: {where}: {exc}") from None
-    return out
+    """``grow.operations`` entries (``{widen_ffn: {factor: 1.5}}`` or ``{op: widen_ffn, factor: 1.5}``) -> ops
+    (``ops.from_dict``, the form ``op.to_dict()`` writes)."""
+    from .ops import from_dict
+
+    entries = (recipe.get("grow") or {}).get("operations") or []
+    return [from_dict(entry, f"recipe: grow.operations[{i}]") for i, entry in enumerate(entries)]
 
 
 def set_path(recipe: dict, assignment: str) -> None:

@@ -319,12 +319,18 @@ def test_safetensors_errors_are_one_line(monkeypatch, tiny_checkpoints, tmp_path
                              "--add-layers", "1"], "header too large", tmp_path / "out")
 
 
-def test_programming_errors_are_not_swallowed(monkeypatch, tiny_checkpoints, tmp_path):
+def test_programming_errors_are_not_swallowed(monkeypatch, tiny_checkpoints, tmp_path, capsys):
     import hf_expand.grow
 
     def bug(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(hf_expand.grow, "grow_checkpoint", bug)
-    with pytest.raises(ZeroDivisionError):
-        main(["grow", str(tiny_checkpoints("llama")), "--out", str(tmp_path / "out"), "--add-layers", "1", "-q"])
+    argv = ["grow", str(tiny_checkpoints("llama")), "--out", str(tmp_path / "out"), "--add-layers", "1", "-q"]
+    capsys.readouterr()  # the tiny checkpoint's own save messages
+    # not swallowed, not taken for bad input (2) or a preservation failure (1): exit 3, named, traceback with -v
+    assert main(argv) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "internal error: ZeroDivisionError: a bug" in err[0], err
+    assert main([*argv, "-v"]) == 3
+    assert "Traceback" in capsys.readouterr().err

@@ -127,9 +127,9 @@ def test_every_train_arg_has_a_flag_and_a_recipe_key_with_the_same_default():
     train_keys = {s.recipe.removeprefix("train.") for s in table if s.recipe and s.recipe.startswith("train.")}
     assert set(SCHEMA["train"]) == train_keys  # no hand-kept key besides the fields
     flags = {o for a in parser._actions for o in a.option_strings}
-    derived = {s.flag for s in table if s.flag and s.flag.startswith("--")}
+    derived = {s.flag for s in table if s.flag and s.flag.startswith("--")} | {a for s in table for a in s.aliases}
     assert derived <= flags
-    cli_only = {"-h", "--help", "-q", "--quiet", "--resume", "--overwrite", "--push-to", "--private", "--revision",
+    cli_only = {"-h", "--help", "-q", "--quiet", "-v", "--verbose", "--resume", "--overwrite", "--push-to", "--private", "--revision",
                 "--commit-message", "--create-pr", "--token", "--include-dotfiles", "--timeout"}
     assert flags - derived == cli_only
 

@@ -39,6 +39,7 @@ class AddTokens:
     tokens: tuple[str, ...]
     tokenizer: Any = field(default=None, compare=False, repr=False)
     output_init: str = "pieces"
+    special: bool = False  # added as special tokens (chat/tool markers): decode(skip_special_tokens=True) drops them
 
     def __post_init__(self):
         tokens = (self.tokens,) if isinstance(self.tokens, str) else tuple(self.tokens)
@@ -107,7 +108,12 @@ class AddTokens:
             new_slices[name] = [{"axis": axis, "start": ids[0], "stop": ids[-1] + 1}]
 
         grown_tok = copy.deepcopy(tok)
-        grown_tok.add_tokens(new)
+        if self.special:  # whole, never normalised or split, and dropped by decode(skip_special_tokens=True)
+            from tokenizers import AddedToken
+
+            grown_tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
+        else:
+            grown_tok.add_tokens(new)
         got = grown_tok.convert_tokens_to_ids(new)
         if list(got) != ids:  # pragma: no cover - a tokenizer with holes in its ids
             raise HfExpandError(f"--add-tokens: the tokenizer gave ids {got[:5]}…, expected {ids[:5]}…; cannot align embeddings")
@@ -122,7 +128,8 @@ class AddTokens:
             notes.append(f"no old pieces for {empty[:10]}: their rows start at the mean embedding")
         return Plan(
             op=self.name,
-            params={"tokens": new, "already_present": present, "output_init": self.output_init},
+            params={"tokens": new, "already_present": present, "output_init": self.output_init,
+                    **({"special": True} if self.special else {})},
             summary=f"vocab {V} -> {size}: + {len(new)} token(s)" + (f", {len(present)} already present" if present else ""),
             config_updates={"vocab_size": size} if size != V else {},
             new_config=new_config,

@@ -32,12 +32,15 @@ MAX_FACTOR = 1024
 @register
 @dataclass(frozen=True)
 class WidenFFN:
-    """Widen every FFN by ``factor`` (> 1) or to ``size`` units, initialised by ``init`` (zero|split)."""
+    """Widen every FFN by ``factor`` (> 1) or to ``size`` units, initialised by ``init`` (zero|split);
+    ``multiple_of``: round every new width up to a multiple of it (tensor parallelism and quantised kernels want
+    64 or 128)."""
 
     name: ClassVar[str] = "widen_ffn"
     factor: float | None = None
     size: int | None = None
     init: str = "zero"
+    multiple_of: int | None = None
 
     def __post_init__(self):
         if (self.factor is None) == (self.size is None):
@@ -54,6 +57,12 @@ class WidenFFN:
             object.__setattr__(self, "size", int(self.size))
         if self.init not in INITS:
             raise HfExpandError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        m = self.multiple_of
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not float(m).is_integer()
+                              or not 1 <= m <= 2**16):
+            raise HfExpandError(f"--multiple-of must be a whole number from 1 to 65536, got {m!r}; e.g. 64 or 128")
+        if m is not None:
+            object.__setattr__(self, "multiple_of", int(m))
 
     def targets(self, config, layout: ModelLayout) -> dict[str, tuple[int, int]]:
         """config field -> (old width, new width) for every FFN space of the family."""
@@ -74,6 +83,10 @@ class WidenFFN:
         for g in groups:
             old = ffn_size(config, g)
             new = old * ratio
+            if self.multiple_of:  # up to the next multiple (a multiple already: kept)
+                m = self.multiple_of
+                out[g.field] = (old, m * math.ceil(round(new, 9) / m))
+                continue
             if not math.isclose(new, round(new), abs_tol=1e-9):
                 raise HfExpandError(
                     f"widening {g.field}={old} by {ratio:g} gives {new:g} units, not a whole number; "
@@ -114,7 +127,8 @@ class WidenFFN:
         summary = ", ".join(f"{f} {o} -> {n}" for f, (o, n) in targets.items()) + f" (init={self.init})"
         return Plan(
             op=self.name,
-            params={"factor": self.factor, "size": self.size, "init": self.init},
+            params={"factor": self.factor, "size": self.size, "init": self.init,
+                    **({"multiple_of": self.multiple_of} if self.multiple_of else {})},
             summary=summary,
             config_updates=updates,
             new_config=updated_config(config, updates),

@@ -5,7 +5,8 @@ for text that depends on the policy registry), ``flag`` (``hf-expand train``'s s
 ``--field-name``; a name without dashes is positional; None: not a flag), ``recipe`` (the recipe key that
 sets it: ``train.<field>`` by default, a path in another section where the recipe's stages feed it, None:
 not a recipe key), and optionally ``choices`` (a list, or a function returning one), ``metavar``,
-``group`` (flags of one group exclude each other) and ``required``. :func:`add_train_flags` builds the
+``group`` (flags of one group exclude each other), ``required``, and ``aliases``: other spellings of the flag,
+the ``transformers.TrainingArguments`` names users know (``--learning_rate``), accepted as the same flag. :func:`add_train_flags` builds the
 flags (type and default from the field itself, the default shown in the help) and :func:`recipe_schema` the
 recipe's ``train:`` section from them. Nothing here imports torch: every CLI start builds the flags.
 """
@@ -19,9 +20,9 @@ AUTO = "auto"  # metadata value: derive the flag / recipe key from the field's n
 
 
 def _arg(help, default=dataclasses.MISSING, *, flag=AUTO, recipe=AUTO, choices=None, metavar=None, group=None,
-         required=False):
+         required=False, aliases=()):
     meta = {"help": help, "flag": flag, "recipe": recipe, "choices": choices, "metavar": metavar, "group": group,
-            "required": required}
+            "required": required, "aliases": tuple(aliases)}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -46,21 +47,25 @@ class TrainArgs:
     data: str = _arg("csv/json/jsonl/parquet/txt file, save_to_disk folder, or Hub dataset id", required=True,
                      recipe="data.source")
     # a recipe's trained model goes to <its out>/trained
-    out: str = _arg("run folder: checkpoints, then the trained model", required=True, recipe=None)
+    out: str = _arg("run folder: checkpoints, then the trained model", required=True, recipe=None,
+                   aliases=["--output_dir"])
     text_column: str = _arg("text column", "text", recipe="data.text_column")
     label_column: str | None = _arg("label column (sequence classification)", None, recipe="data.label_column")
     task: str | None = _arg("default: from the model's head", None, recipe="model.task",
                             choices=["causal-lm", "masked-lm", "classification"])
     trainable: str = _arg(_policy_help, "new", choices=_policy_names)
-    max_steps: int | None = _arg("optimizer steps to train (this or --epochs)", None, group="length")
-    epochs: float | None = _arg("passes over the training data (this or --max-steps)", None, group="length")
-    lr: float = _arg("learning rate", 1e-4)
+    max_steps: int | None = _arg("optimizer steps to train (this or --epochs)", None, group="length",
+                                  aliases=["--max_steps"])
+    epochs: float | None = _arg("passes over the training data (this or --max-steps)", None, group="length",
+                                aliases=["--num_train_epochs"])
+    lr: float = _arg("learning rate", 1e-4, aliases=["--learning_rate"])
     new_lr: float | None = _arg("learning rate of new capacity (default --lr)", None)
-    weight_decay: float = _arg("AdamW's decoupled weight decay (under new: of the new values only)", 0.01)
-    batch_size: int = _arg("examples per step, per process", 8)
-    grad_accum: int = _arg("batches accumulated into one optimizer step", 1)
-    max_grad_norm: float = _arg("clip gradients to this norm (0 = no clipping)", 1.0)
-    warmup_steps: int = _arg("steps of linear learning-rate warmup", 0)
+    weight_decay: float = _arg("AdamW's decoupled weight decay (under new: of the new values only)", 0.01,
+                               aliases=["--weight_decay"])
+    batch_size: int = _arg("examples per step, per process", 8, aliases=["--per_device_train_batch_size"])
+    grad_accum: int = _arg("batches accumulated into one optimizer step", 1, aliases=["--gradient_accumulation_steps"])
+    max_grad_norm: float = _arg("clip gradients to this norm (0 = no clipping)", 1.0, aliases=["--max_grad_norm"])
+    warmup_steps: int = _arg("steps of linear learning-rate warmup", 0, aliases=["--warmup_steps"])
     max_length: int = _arg("tokens per example (longer texts are cut; with --packing: the block size)", 128)
     packing: bool = _arg("causal LM: pack texts into --max-length blocks", False)
     eval_data: str | None = _arg("evaluation data (same forms as --data)", None, group="eval", recipe="data.eval")
@@ -68,14 +73,15 @@ class TrainArgs:
                                     None, group="eval", recipe="data.eval_ratio")
     eval_split: str | None = _arg("split of --eval-data to evaluate on (default: test, else validation; never train "
                                   "by accident)", None, metavar="NAME", recipe="data.eval_split")
-    eval_every: int = _arg("evaluate every N steps (and always at the end; 0 = only at the end)", 0)
-    save_every: int = _arg("checkpoint (accelerator.save_state) every N steps (0 = never)", 0)
-    log_every: int = _arg("print the loss every N steps (0 = never)", 10)
+    eval_every: int = _arg("evaluate every N steps (and always at the end; 0 = only at the end)", 0,
+                            aliases=["--eval_steps"])
+    save_every: int = _arg("checkpoint (accelerator.save_state) every N steps (0 = never)", 0, aliases=["--save_steps"])
+    log_every: int = _arg("print the loss every N steps (0 = never)", 10, aliases=["--logging_steps"])
     seed: int = _arg("seed of data order, dropout, masked-LM masks and new LoRA weights", 0)
     mixed_precision: str = _arg("autocast precision of forward and backward (weights stay fp32)", "no",
                                 choices=["no", "bf16", "fp16"])
     gradient_checkpointing: bool = _arg("recompute activations in backward: less memory, about a third slower "
-                                        "(every policy)", False)
+                                        "(every policy)", False, aliases=["--gradient_checkpointing"])
     fsdp: bool = _arg("shard the model with FSDP2 across the processes of accelerate launch (see docs/fsdp.md)",
                       False)
     lora_r: int = _arg("LoRA rank (--trainable lora)", 8)
@@ -115,6 +121,7 @@ class Setting:
     metavar: str | None
     group: str | None
     required: bool
+    aliases: tuple[str, ...] = ()
 
 
 def _base_type(hint) -> type:
@@ -134,7 +141,7 @@ def settings() -> list[Setting]:
             help=m["help"]() if callable(m["help"]) else m["help"],
             flag=f"--{f.name.replace('_', '-')}" if m["flag"] == AUTO else m["flag"],
             recipe=f"train.{f.name}" if m["recipe"] == AUTO else m["recipe"],
-            choices=choices, metavar=m["metavar"], group=m["group"], required=m["required"]))
+            choices=choices, metavar=m["metavar"], group=m["group"], required=m["required"], aliases=m["aliases"]))
     return out
 
 
@@ -171,7 +178,7 @@ def add_train_flags(parser) -> None:
                 kwargs["metavar"] = s.metavar
         if s.flag.startswith("-") and s.required:
             kwargs["required"] = True
-        target.add_argument(s.flag, **kwargs)
+        target.add_argument(s.flag, *s.aliases, **kwargs)
 
 
 RECIPE_TYPES = {int: int, float: (int, float), str: str, bool: bool}  # a float setting takes any number
@@ -186,3 +193,8 @@ def recipe_schema() -> dict:
 def flag_keys() -> dict[str, str]:
     """``--flag`` -> its recipe key path, for every setting that has both (how recipe errors name them)."""
     return {s.flag: s.recipe for s in settings() if s.flag and s.flag.startswith("--") and s.recipe}
+
+
+def aliases() -> dict[str, str]:
+    """Each TrainingArguments-style alias -> the flag it stands for (``--learning_rate`` -> ``--lr``)."""
+    return {alias: s.flag for s in settings() for alias in s.aliases}

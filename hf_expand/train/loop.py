@@ -363,6 +363,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _say(accelerator, text: str) -> None:
+    """A line from the main process above the progress bar (``tqdm.write`` clears the bar, prints, redraws it),
+    not glued to the end of the bar's line."""
+    from tqdm.auto import tqdm
+
+    if accelerator.is_main_process:
+        tqdm.write(text)
+
+
 def _grad_norm(model):
     """The 2-norm of all gradients (what clipping computes), NaN/inf when any entry is."""
     import torch
@@ -592,12 +601,12 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
             bar.update(1)
             if a.log_every and step % a.log_every == 0 and progress:  # -q: no per-step logs
                 rate = tokens * accelerator.num_processes / (time.perf_counter() - t0)
-                accelerator.print(f"step {step}: loss {value:.4f}, lr {scheduler.get_last_lr()[0]:.3g}, tokens/s {rate:,.0f}")
+                _say(accelerator, f"step {step}: loss {value:.4f}, lr {scheduler.get_last_lr()[0]:.3g}, tokens/s {rate:,.0f}")
                 accelerator.log({"loss": value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate}, step=step)
             if a.eval_every and eval_dl is not None and step % a.eval_every == 0:
                 step_metrics = evaluate()
                 if progress:
-                    accelerator.print(f"step {step}: eval " + format_metrics(step_metrics))
+                    _say(accelerator, f"step {step}: eval " + format_metrics(step_metrics))
                 accelerator.log({f"eval/{k}": v for k, v in step_metrics.items()}, step=step)
                 history.append({"step": step, **step_metrics})
                 model.train()

@@ -332,5 +332,5 @@ def test_programming_errors_are_not_swallowed(monkeypatch, tiny_checkpoints, tmp
     assert main(argv) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "internal error: ZeroDivisionError: a bug" in err[0], err
-    assert main([*argv, "-v"]) == 3
+    assert main([*argv[:-1], "-v"]) == 3  # -v instead of -q (the two exclude each other)
     assert "Traceback" in capsys.readouterr().err

@@ -21,7 +21,7 @@ _LAZY = {
     "AddHeads": "ops.add_heads", "AddLabels": "ops.add_labels", "AddLayers": "ops.add_layers",
     "AddTokens": "ops.add_tokens", "DepthUpscale": "ops.depth_upscale", "WidenFFN": "ops.widen_ffn",
     "WidenHidden": "ops.widen_hidden", "GrowthReport": "grow", "grow_checkpoint": "grow", "grow_model": "grow",
-    "plan_growth": "grow", "read_record": "grow",
+    "plan_growth": "grow", "read_record": "grow", "save_grown": "save",
 }
 
 
@@ -56,4 +56,5 @@ __all__ = [
     "grow_model",
     "plan_growth",
     "read_record",
+    "save_grown",
 ]

@@ -237,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-size", type=int, default=1000, help="rows per map batch (does not change the output)")
     a.add_argument("--split", action="append", metavar="NAME",
                    help="split to augment (repeatable; default train); other splits are copied untouched")
-    a.add_argument("--format", choices=["arrow", "jsonl"], default="arrow",
-                   help="arrow (save_to_disk, default) or jsonl (one <split>.jsonl per split)")
+    a.add_argument("--format", choices=["arrow", "jsonl", "parquet"], default="arrow",
+                   help="arrow (save_to_disk, default), or one <split>.jsonl / <split>.parquet per split")
     a.add_argument("--no-original", action="store_true", help="output only the augmented copies")
     a.add_argument("--drop-duplicates", action="store_true",
                    help="drop augmented rows identical to their original or an earlier copy (default: keep and count)")

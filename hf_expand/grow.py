@@ -220,6 +220,9 @@ def grow_model(
     # The maths runs in fp32 whatever the model's dtype, so the in-memory check uses the fp32 tolerance;
     # rounding to the checkpoint's dtype is judged after saving (grow_checkpoint's reload check).
     tolerance = default_tolerance(torch.float32) if tolerance is None else tolerance
+    problem = _model_problem(model)
+    if problem:
+        raise HfExpandError(problem)
     problem = encoder_decoder_problem(model.config)
     if problem:  # refused before the base model runs (its forward wants decoder inputs too)
         raise UnsupportedArchitecture(problem)
@@ -236,6 +239,26 @@ def grow_model(
     if dtype != torch.float32 or device.type != "cpu":
         grown = grown.to(device=device, dtype=dtype)
     return grown, report
+
+
+def _model_problem(model) -> str | None:
+    """Why ``grow_model`` cannot take this object (a wrapper, a quantised or dispatched model), or None."""
+    name = type(model).__name__
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        return (f"grow_model got a peft {name}: growing it would drop or misplace its adapters; merge them first "
+                f"(model = model.merge_and_unload()) or grow model.get_base_model() before adding adapters")
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        return f"grow_model takes a transformers PreTrainedModel (from_pretrained / from_config), got {name}"
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
+        return (f"{name} is quantised: quantised weights cannot be grown exactly; grow the unquantised checkpoint "
+                f"(grow_checkpoint on its folder or Hub id), then quantise the grown model")
+    places = set(map(str, (getattr(model, "hf_device_map", None) or {}).values()))
+    if len(places) > 1 or places & {"disk", "meta"}:  # one device ({"": "cuda:0"}) is an ordinary model
+        return (f"{name} is dispatched across devices or offloaded (device_map places: {', '.join(sorted(places))}); "
+                f"load it without device_map, or grow its checkpoint with grow_checkpoint, which streams it")
+    return None
 
 
 def _dtype_and_device(model) -> tuple[torch.dtype, torch.device]:

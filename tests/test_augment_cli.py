@@ -115,6 +115,28 @@ def test_jsonl_to_jsonl(capsys, tmp_path):
     assert "(jsonl)" in out
 
 
+def test_parquet_round_trip(capsys, tmp_path):
+    """parquet in, --format parquet out: train.parquet reads back (as a file hf-expand takes again) with the rows
+    an arrow output of the same run has."""
+    from datasets import Dataset, load_dataset, load_from_disk
+
+    src = tmp_path / "data.parquet"
+    Dataset.from_dict(source_columns()).to_parquet(str(src))
+    common = ["--text-column", "text", "--augment", "random_swap:p=0.5", "--seed", "4", "-q"]
+    code, out, err = run_cli(capsys, "augment", src, "--out", tmp_path / "pq", "--format", "parquet", *common)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "pq").iterdir()) == ["hf_expand_augmentation.json", "train.parquet"]
+    code, _, err = run_cli(capsys, "augment", src, "--out", tmp_path / "arrow", *common)
+    assert code == 0, err
+    back = load_dataset("parquet", data_files=str(tmp_path / "pq" / "train.parquet"))["train"]
+    assert back.to_dict() == load_from_disk(str(tmp_path / "arrow"))["train"].to_dict()
+    assert len(back) == N * 2
+    # and hf-expand reads the parquet output as data again (train/evaluate take it as --data)
+    from hf_expand.augment.data_io import load_data
+
+    assert load_data(str(tmp_path / "pq" / "train.parquet"))["train"].to_dict() == back.to_dict()
+
+
 def test_save_to_disk_dataset_input(capsys, tmp_path):
     """A save_to_disk folder of a plain Dataset works; --no-original and --drop-duplicates are honoured."""
     from datasets import Dataset, load_from_disk

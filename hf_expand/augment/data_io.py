@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import HfExpandError
 
 FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
-FORMATS = ("arrow", "jsonl")
+FORMATS = ("arrow", "jsonl", "parquet")
 
 
 def _first_line(exc: Exception) -> str:
@@ -61,7 +61,7 @@ def check_source(source: str) -> None:
 
 
 def save_data(data, folder: Path, fmt: str) -> list[Path]:
-    """``save_to_disk`` (``arrow``) or one ``<split>.jsonl`` per split (``jsonl``) into ``folder``."""
+    """``save_to_disk`` (``arrow``), or one ``<split>.jsonl`` / ``<split>.parquet`` per split, into ``folder``."""
     from datasets import Dataset
 
     if fmt == "arrow":
@@ -70,7 +70,10 @@ def save_data(data, folder: Path, fmt: str) -> list[Path]:
     splits = {"data": data} if isinstance(data, Dataset) else dict(data)
     written = []
     for name, ds in splits.items():
-        target = folder / f"{name}.jsonl"
-        ds.to_json(str(target), lines=True, force_ascii=False)
+        target = folder / f"{name}.{fmt}"
+        if fmt == "parquet":
+            ds.to_parquet(str(target))
+        else:
+            ds.to_json(str(target), lines=True, force_ascii=False)
         written.append(target)
     return written

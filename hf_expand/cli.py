@@ -73,6 +73,9 @@ EXAMPLES = {
     "verify": """examples:
   hf-expand verify meta-llama/Llama-3.2-1B out/llama-pro
   hf-expand verify ./base ./grown --tolerance 1e-5 --probe-text 'The capital of France is'""",
+    "recipes": """examples:
+  hf-expand recipes ls
+  hf-expand recipes cp llama-pro my-llama-pro.yaml && hf-expand run my-llama-pro.yaml --dry-run""",
     "env": """examples:
   hf-expand env        # paste the output into a bug report""",
     "completion": """examples:
@@ -306,6 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--probe-text", action="append", default=[], metavar="TEXT",
                    help="probe text besides the random probes (repeatable; default: random ids only)")
     v.add_argument("--seed", type=int, default=0, help="seed of the random probe ids")
+
+    rc = sub.add_parser("recipes", help="list the shipped recipes, or copy one to edit",
+                        description="The recipes shipped with hf-expand (`hf-expand run NAME` runs one as it is).")
+    rcs = rc.add_subparsers(dest="recipes_command", required=True, parser_class=_Parser, metavar="ACTION")
+    rcs.add_parser("ls", parents=[common], help="list the shipped recipes with their first comment line")
+    cp = rcs.add_parser("cp", parents=[common], help="copy a shipped recipe to edit it")
+    cp.add_argument("name", help="a shipped recipe's name (see `hf-expand recipes ls`)")
+    cp.add_argument("dest", nargs="?", help="file or existing folder to copy to (default: ./NAME.yaml)")
+    cp.add_argument("--overwrite", action="store_true", help="replace an existing destination file")
 
     sub.add_parser("env", help="print versions and the machine for a bug report (no token is ever printed)",
                    description="Versions of hf-expand, Python, torch (and its accelerators) and the Hugging Face "
@@ -648,6 +660,33 @@ def cmd_setup_wordnet(args) -> int:
     return 0
 
 
+def cmd_recipes(args) -> int:
+    import shutil
+
+    from .recipe import shipped_recipes
+
+    shipped = shipped_recipes()
+    if args.recipes_command == "ls":
+        for name, path in shipped.items():
+            lines = [ln.lstrip("# ").strip() for ln in path.read_text(encoding="utf-8").splitlines()[:3]
+                     if ln.startswith("#") and not ln.lstrip("# ").startswith("hf-expand ")]
+            print(f"{name:24s} {lines[0] if lines else ''}".rstrip())
+        return 0
+    name = Path(args.name).stem if args.name.endswith(".yaml") else args.name
+    if name not in shipped:
+        raise HfExpandError(f"no shipped recipe named {args.name!r}; shipped: {', '.join(shipped) or 'none found'}")
+    dest = Path(args.dest or f"{name}.yaml")
+    if dest.is_dir():
+        dest = dest / f"{name}.yaml"
+    if dest.exists() and not args.overwrite:
+        raise HfExpandError(f"{dest} exists; choose another destination or pass --overwrite to replace it")
+    if not dest.parent.is_dir():
+        raise HfExpandError(f"{dest.parent} is not a folder; create it first or choose another destination")
+    shutil.copyfile(shipped[name], dest)
+    print(f"copied {name} to {dest}; run it with: hf-expand run {dest}")
+    return 0
+
+
 def cmd_env(args) -> int:
     from .env import report
 
@@ -690,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.modules["datasets"].disable_progress_bars()
         commands = {"grow": cmd_grow, "verify": cmd_verify, "augment": cmd_augment, "setup-wordnet": cmd_setup_wordnet,
                     "train": cmd_train, "evaluate": cmd_evaluate, "push": cmd_push, "run": cmd_run, "env": cmd_env,
+                    "recipes": cmd_recipes,
                     "completion": cmd_completion}
         return commands[args.command](args)
     except PreservationError as exc:

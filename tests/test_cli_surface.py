@@ -13,9 +13,18 @@ from hf_expand.train.args import aliases
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {"": parser, **sub.choices}
+    """"" -> the main parser, "grow" -> its parser, ..., "recipes cp" -> a nested one."""
+    out = {}
+
+    def walk(prefix: str, parser: argparse.ArgumentParser) -> None:
+        out[prefix] = parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(f"{prefix} {name}".strip(), child)
+
+    walk("", cli.build_parser())
+    return out
 
 
 COMMANDS = _commands()
@@ -23,7 +32,7 @@ COMMANDS = _commands()
 
 def test_the_command_table_is_not_empty():
     assert {"grow", "augment", "train", "evaluate", "push", "run", "verify", "setup-wordnet", "env",
-            "completion"} <= set(COMMANDS)
+            "completion", "recipes", "recipes ls", "recipes cp"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -41,7 +50,7 @@ def test_every_flag_has_help_and_shows_its_default(name):
             and not isinstance(action, argparse._VersionAction)
         if shown:
             assert "default" in text.lower(), f"{name}: {action.option_strings} does not show its default: {text}"
-    if name:
+    if name and " " not in name:  # every command (its actions are listed in the command's own examples)
         assert "examples:" in (parser.epilog or ""), f"{name} has no examples"
 
 
@@ -154,3 +163,28 @@ def test_step_logs_go_above_the_progress_bar(grown_llama, tmp_path, monkeypatch)
     starts = [m.start() for m in re.finditer(r"step \d+: loss", text)]
     assert len(starts) == 3, text
     assert all(i == 0 or text[i - 1] in "\r\n" for i in starts), text
+
+
+def test_recipes_ls_and_cp(tmp_path, capsys, monkeypatch):
+    from hf_expand.recipe import shipped_recipes
+
+    shipped = shipped_recipes()
+    assert "quickstart" in shipped and len(shipped) >= 5
+    assert cli.main(["recipes", "ls"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == list(shipped)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["recipes", "cp", "llama-pro"]) == 0
+    assert (tmp_path / "llama-pro.yaml").read_bytes() == shipped["llama-pro"].read_bytes()
+    (tmp_path / "mine.yaml").write_text("keep")
+    capsys.readouterr()
+    assert cli.main(["recipes", "cp", "quickstart", "mine.yaml"]) == 2  # never replaced without --overwrite
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["hf-expand: error: mine.yaml exists; choose another destination or pass --overwrite to replace it"]
+    assert (tmp_path / "mine.yaml").read_text() == "keep"
+    assert cli.main(["recipes", "cp", "quickstart", "mine.yaml", "--overwrite"]) == 0
+    assert (tmp_path / "mine.yaml").read_bytes() == shipped["quickstart"].read_bytes()
+    (tmp_path / "d").mkdir()
+    assert cli.main(["recipes", "cp", "new-labels", "d"]) == 0 and (tmp_path / "d" / "new-labels.yaml").is_file()
+    assert cli.main(["recipes", "cp", "nope"]) == 2
+    assert "no shipped recipe named 'nope'; shipped: " in capsys.readouterr().err

@@ -31,7 +31,7 @@ from .record import RECORD_FILE, TRAINING, read_record, record_text, write_recor
 TIMEOUT_ENV = "HF_EXPAND_PUSH_TIMEOUT"
 DEFAULT_TIMEOUT = 60.0
 TRAIN_ARGS_FILE = "train_args.json"  # = train.loop.ARGS_FILE (not imported: that pulls in torch and accelerate)
-LOCAL_ONLY_FOLDERS = ("checkpoints", "logs")  # training state at the top level: never uploaded
+LOCAL_ONLY_FOLDERS = ("checkpoints",)  # training state at the top level: never uploaded (logs/ goes up: TensorBoard tab)
 LOCAL_SIDECAR = ".hf_expand_local.json"  # = lineage.LOCAL_FILE: local paths, never uploaded (even with dotfiles)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 _SHARD = re.compile(r"^(?P<prefix>.+)-\d{5}-of-\d{5}\.safetensors$")
@@ -123,7 +123,8 @@ def upload_files(folder: str | Path, include_dotfiles: bool = False) -> list[tup
     record, sent from memory), sorted. Regular files only; a link must resolve to a regular file inside
     ``folder`` (its content goes up under the link's name), anything else is refused. Dotfiles and
     dot-folders at any depth stay local unless ``include_dotfiles`` (hf-expand's own ``.hf_expand_local.json``,
-    ``train_args.json``, ``checkpoints/`` and ``logs/`` always do); a linked folder is not followed (its
+    ``train_args.json`` and ``checkpoints/`` always do; ``logs/``, the tracker logs of ``--report-to``, goes up, as
+    the Hub shows TensorBoard event files in the model's metrics tab); a linked folder is not followed (its
     files inside ``folder`` go up under their own paths). What is left out is logged."""
     folder = Path(folder)
     root = folder.resolve()

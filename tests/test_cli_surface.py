@@ -67,7 +67,8 @@ def test_trainer_spellings_are_listed():
 def test_trainer_spelling_parses_like_our_flag(alias, flag):
     parser = cli.build_parser()
     action = next(a for a in COMMANDS["train"]._actions if flag in a.option_strings)
-    value = [] if action.nargs == 0 else ["7" if action.type in (int, float) else "x"]
+    value = [] if action.nargs == 0 else [str(action.choices[-1]) if action.choices else
+                                          "7" if action.type in (int, float) else "x"]
     out = [] if flag == "--out" else ["--out", "o"]
     ours = parser.parse_args([*TRAIN, *out, flag, *value])
     theirs = parser.parse_args([*TRAIN, *out, alias, *value])

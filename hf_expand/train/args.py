@@ -78,6 +78,10 @@ class TrainArgs:
     save_every: int = _arg("checkpoint (accelerator.save_state) every N steps (0 = never)", 0, aliases=["--save_steps"])
     log_every: int = _arg("print the loss every N steps (0 = never)", 10, aliases=["--logging_steps"])
     seed: int = _arg("seed of data order, dropout, masked-LM masks and new LoRA weights", 0)
+    report_to: str = _arg("experiment trackers (Accelerate's): tensorboard (event files in OUT/logs, pushed with the "
+                          "model), wandb, trackio, mlflow, all (every one installed), or none", "none",
+                          choices=["none", "tensorboard", "wandb", "trackio", "mlflow", "all"],
+                          aliases=["--report_to"])
     mixed_precision: str = _arg("autocast precision of forward and backward (weights stay fp32)", "no",
                                 choices=["no", "bf16", "fp16"])
     gradient_checkpointing: bool = _arg("recompute activations in backward: less memory, about a third slower "
@@ -99,6 +103,7 @@ class TrainArgs:
         d.pop("out")
         d.pop("command")
         d.pop("base_model")
+        d.pop("report_to")  # where logs go does not change the run
         if d.get("eval_split") is None:  # runs saved before --eval-split existed resume unchanged
             d.pop("eval_split")
         for flag in ("gradient_checkpointing", "fsdp"):  # nor before these flags existed

@@ -422,9 +422,9 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
     from .policies import get_policy
 
     augmentation = _augmentation_summary(a.data)  # read now: a damaged file is refused before training
-    from accelerate.utils import is_tensorboard_available
+    from .tracking import resolve as resolve_trackers
 
-    trackers = ["tensorboard"] if is_tensorboard_available() else []
+    trackers = resolve_trackers(a.report_to)  # a missing package: refused before anything is written
     from accelerate.state import AcceleratorState
 
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != a.mixed_precision:
@@ -599,9 +599,11 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
             step += 1
             loss_history.append([step, value])
             bar.update(1)
-            if a.log_every and step % a.log_every == 0 and progress:  # -q: no per-step logs
+            if a.log_every and step % a.log_every == 0:
                 rate = tokens * accelerator.num_processes / (time.perf_counter() - t0)
-                _say(accelerator, f"step {step}: loss {value:.4f}, lr {scheduler.get_last_lr()[0]:.3g}, tokens/s {rate:,.0f}")
+                if progress:  # -q: no per-step lines (the trackers still get them)
+                    _say(accelerator, f"step {step}: loss {value:.4f}, lr {scheduler.get_last_lr()[0]:.2e}, "
+                                      f"tokens/s {rate:,.0f}")
                 accelerator.log({"loss": value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate}, step=step)
             if a.eval_every and eval_dl is not None and step % a.eval_every == 0:
                 step_metrics = evaluate()

@@ -53,10 +53,11 @@ EXAMPLES = {
   hf-expand grow ./classifier --out out/more-labels --add-labels spam,phishing""",
     "augment": """examples:
   hf-expand augment train.csv --out data/train-aug --text-column text --augment synonym:p=0.3 --copies 2
-  hf-expand augment imdb --out data/imdb-aug --text-column text --augment keyboard:p=0.1 --format jsonl""",
+  hf-expand augment nyu-mll/glue --data-config sst2 --out data/sst2-aug --text-column sentence --format parquet""",
     "train": """examples:
   hf-expand train out/llama-pro --data train.jsonl --out out/trained --trainable new --max-steps 200
   hf-expand train out/llama-pro --data train.jsonl --output_dir out/trained --learning_rate 1e-4   # Trainer spellings
+  hf-expand train out/llama-pro --data org/corpus --data-config en --split train --out out/trained   # a Hub dataset
   accelerate launch -m hf_expand train out/llama-pro --data train.jsonl --out out/trained --fsdp""",
     "evaluate": """examples:
   hf-expand evaluate out/trained --data test.jsonl                          # perplexity of a causal LM
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     _lazy_epilog(a, "augmenters (SPEC = name:key=value,...; parameters with defaults):\n", _augmenters_help,
                  "\n\n" + EXAMPLES["augment"])
     a.add_argument("data", help="csv/json/jsonl/parquet/txt file, save_to_disk folder, or Hub dataset id")
+    a.add_argument("--data-config", metavar="NAME", help="configuration (subset) of a Hub dataset")
+    a.add_argument("--data-revision", metavar="REV", help="branch, tag or commit of a Hub dataset (default: main)")
     a.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     a.add_argument("--text-column", action="append", required=True, metavar="COL",
                    help="column to augment (repeat, or COL1,COL2, for several)")
@@ -555,7 +558,7 @@ def cmd_augment(args) -> int:
         import datasets
 
         datasets.disable_progress_bars()
-    data = load_data(args.data)
+    data = load_data(args.data, args.data_config, args.data_revision)
     if args.split and not hasattr(data, "keys"):
         raise HfExpandError(f"{args.data} has no splits (a single dataset); drop --split")
     splits = args.split or ["train"]

@@ -28,7 +28,8 @@ SCHEMA = {
     "out": str,
     "model": {"id": str, "task": str, "base_model": str},
     "grow": {"operations": list, "seed": int, "tolerance": float, "max_shard_size": str},
-    "data": {"source": str, "text_column": str, "label_column": str, "eval": str, "eval_split": str, "eval_ratio": float,
+    "data": {"source": str, "config": str, "revision": str, "split": str, "text_column": str, "label_column": str,
+             "eval": str, "eval_split": str, "eval_ratio": float,
              "lexnames": list, "per_class": int, "test_per_class": int, "seed": int},
     "augment": {"augmenters": list, "copies": int, "seed": int},
     "train": recipe_schema(),  # from TrainArgs' fields (train/args.py): the same settings as `hf-expand train`

@@ -146,7 +146,7 @@ def _data_sizes(data: dict) -> tuple[int | None, str]:
     from .train.data import load_splits
 
     train, test = load_splits(data["source"], data.get("eval"), data.get("eval_ratio"), data.get("seed", 0),
-                              data.get("eval_split"))
+                              data.get("eval_split"), data.get("config"), data.get("revision"), data.get("split"))
     return len(train), f"{len(train)} training rows" + (f", {len(test)} held out" if test is not None else "")
 
 
@@ -262,7 +262,7 @@ def run_recipe(recipe: dict, out: str | Path, progress: bool = True) -> dict:
                 from .train.data import load_splits
 
                 train, test = load_splits(d["source"], d.get("eval"), d.get("eval_ratio"), d.get("seed", 0),
-                                          d.get("eval_split"))
+                                          d.get("eval_split"), d.get("config"), d.get("revision"), d.get("split"))
             train.save_to_disk(str(tmp / "train"))
             if test is not None:
                 test.save_to_disk(str(tmp / "test"))

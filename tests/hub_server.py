@@ -143,17 +143,17 @@ class HubServer:
             snapshot = repo["commits"][self._resolve(repo, revision)]["files"]
             return {p: self._blob(oid) for p, oid in snapshot.items()}
 
-    def seed(self, repo_id: str, folder: Path, private: bool = False) -> None:
+    def seed(self, repo_id: str, folder: Path, private: bool = False, repo_type: str = "model") -> None:
         """Publish every file under ``folder`` as public repo ``repo_id`` (owned by its namespace), without
-        HTTP: how tests put stand-ins for real Hub checkpoints (meta-llama/...) on this server."""
+        HTTP: how tests put stand-ins for real Hub checkpoints (meta-llama/...) and datasets on this server."""
         with self._lock:
-            repo = {"type": "model", "id": repo_id, "owner": repo_id.split("/")[0], "private": private,
+            repo = {"type": repo_type, "id": repo_id, "owner": repo_id.split("/")[0], "private": private,
                     "created": _now(), "refs": {}, "commits": {}, "discussions": {}}
             files = {".gitattributes": self._put_blob(GITATTRIBUTES)}
             files.update({p.relative_to(folder).as_posix(): self._put_blob(p.read_bytes())
                           for p in sorted(Path(folder).rglob("*")) if p.is_file()})
             self._new_commit(repo, "main", files, "seed", "", repo["owner"])
-            self._repos[("model", repo_id)] = repo
+            self._repos[(repo_type, repo_id)] = repo
             self._save(repo)
 
     # ------------------------------------------------------------------ storage

@@ -14,12 +14,16 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def load_data(source: str):
+def load_data(source: str, config: str | None = None, revision: str | None = None):
     """A local csv/json/jsonl/parquet/txt file (-> ``DatasetDict`` with a ``train`` split), a ``save_to_disk``
-    folder, or a Hub dataset id (``load_dataset`` semantics)."""
+    folder, or a Hub dataset id (``load_dataset`` semantics; ``config`` is its configuration name, ``revision`` a
+    branch, tag or commit, both refused for local data)."""
     import datasets
 
     path = Path(source)
+    if (config is not None or revision is not None) and path.exists():
+        flag = "--data-config" if config is not None else "--data-revision"
+        raise HfExpandError(f"{flag} applies to Hub datasets; {source} is local data: drop the option")
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
             try:
@@ -47,9 +51,10 @@ def load_data(source: str):
             datasets.logging.set_verbosity(level)
     check_source(source)
     try:
-        return datasets.load_dataset(source)
+        return datasets.load_dataset(source, name=config, revision=revision)
     except Exception as exc:  # noqa: BLE001
-        raise HfExpandError(f"cannot load dataset {source!r} from the Hub: {_first_line(exc)}") from None
+        what = "".join([f" (config {config!r})" if config else "", f" at revision {revision!r}" if revision else ""])
+        raise HfExpandError(f"cannot load dataset {source!r}{what} from the Hub: {_first_line(exc)}") from None
 
 
 def check_source(source: str) -> None:

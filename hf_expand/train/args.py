@@ -49,6 +49,12 @@ class TrainArgs:
     # a recipe's trained model goes to <its out>/trained
     out: str = _arg("run folder: checkpoints, then the trained model", required=True, recipe=None,
                    aliases=["--output_dir"])
+    data_config: str | None = _arg("configuration (subset) of a Hub dataset --data", None, metavar="NAME",
+                                   recipe="data.config")
+    data_revision: str | None = _arg("branch, tag or commit of a Hub dataset --data", None, metavar="REV",
+                                     recipe="data.revision")
+    split: str | None = _arg("split of --data to train on (default: train, or the only split)", None, metavar="NAME",
+                             recipe="data.split")
     text_column: str = _arg("text column", "text", recipe="data.text_column")
     label_column: str | None = _arg("label column (sequence classification)", None, recipe="data.label_column")
     task: str | None = _arg("default: from the model's head", None, recipe="model.task",
@@ -104,8 +110,9 @@ class TrainArgs:
         d.pop("command")
         d.pop("base_model")
         d.pop("report_to")  # where logs go does not change the run
-        if d.get("eval_split") is None:  # runs saved before --eval-split existed resume unchanged
-            d.pop("eval_split")
+        for name in ("eval_split", "data_config", "data_revision", "split"):  # runs saved before these existed
+            if d.get(name) is None:
+                d.pop(name)
         for flag in ("gradient_checkpointing", "fsdp"):  # nor before these flags existed
             if not d.get(flag):
                 d.pop(flag)

@@ -37,9 +37,15 @@ def task_of(config, label_column: str | None) -> str:
                         f"({', '.join(TASKS)}) or --label-column for classification")
 
 
-def _one_split(data, what: str):
+def _one_split(data, what: str, split: str | None = None):
     from datasets import DatasetDict
 
+    if split is not None:
+        if not isinstance(data, DatasetDict):
+            raise HfExpandError(f"{what} has no splits (a single dataset); drop --split")
+        if split not in data:
+            raise HfExpandError(f"{what} has no split {split!r}; splits: {', '.join(data)}")
+        return data[split]
     if isinstance(data, DatasetDict):
         if "train" in data:
             return data["train"]
@@ -73,14 +79,16 @@ def held_out_split(data, source: str, split: str | None = None, what: str = "--e
 
 
 def load_train_eval(data: str, eval_data: str | None, eval_ratio: float | None, seed: int,
-                    eval_split: str | None = None):
-    """(train, eval or None, eval dataset {name, type, split} or None). An eval ratio carves by
+                    eval_split: str | None = None, config: str | None = None, revision: str | None = None,
+                    split: str | None = None):
+    """(train, eval or None, eval dataset {name, type, split} or None). ``config``/``revision``: of a Hub
+    ``data``; ``split``: the one to train on (default: train, or the only one). An eval ratio carves by
     ``source_index`` when the data is augmented; ``--eval-data`` follows ``held_out_split``."""
     from ..augment.data_io import load_data
     from ..augment.pipeline import SOURCE_INDEX, split_by_source
     from ..lineage import public_source
 
-    train = _one_split(load_data(data), data)
+    train = _one_split(load_data(data, config, revision), data, split)
     if len(train) == 0:
         raise HfExpandError(f"{data} has no rows")
     if eval_data and eval_ratio is not None:
@@ -116,9 +124,10 @@ def check_eval_ratio(eval_ratio) -> None:
         raise HfExpandError(f"--eval-ratio must be in (0, 1), got {eval_ratio}")
 
 
-def load_splits(data: str, eval_data: str | None, eval_ratio: float | None, seed: int, eval_split: str | None = None):
+def load_splits(data: str, eval_data: str | None, eval_ratio: float | None, seed: int, eval_split: str | None = None,
+                config: str | None = None, revision: str | None = None, split: str | None = None):
     """(train, eval or None): ``load_train_eval`` without the description."""
-    return load_train_eval(data, eval_data, eval_ratio, seed, eval_split)[:2]
+    return load_train_eval(data, eval_data, eval_ratio, seed, eval_split, config, revision, split)[:2]
 
 
 def check_columns(ds, text_column: str, label_column: str | None, where: str) -> None:

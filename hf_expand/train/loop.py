@@ -433,7 +433,8 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
                               log_with=trackers or None, project_dir=str(t.run_dir / "logs"))
     set_seed(a.seed)
-    train_raw, eval_raw, eval_info = D.load_train_eval(a.data, a.eval_data, a.eval_ratio, a.seed, a.eval_split)
+    train_raw, eval_raw, eval_info = D.load_train_eval(a.data, a.eval_data, a.eval_ratio, a.seed, a.eval_split,
+                                                       a.data_config, a.data_revision, a.split)
     labels = D.count_labels(train_raw, a.label_column)
     from accelerate.utils import DistributedType
 

@@ -165,7 +165,7 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
                      f"no held-out data was given to training.")
             lines += ["## Evaluation" if m.get("held_out") else "## Training-set metrics", "", where, "", *rows, ""]
         if (folder / "training_curve.png").is_file():
-            lines += ["![training curve: loss per step (blue), eval metric (red)](training_curve.png)", ""]
+            lines += ["![training curve: training loss per step, eval metrics on the right axis](training_curve.png)", ""]
     else:
         lines += ["## Training", "", ("Not trained after growth: the new capacity is initialised so that outputs are "
                   "unchanged; train it with `hf-expand train`." if preserving else

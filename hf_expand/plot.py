@@ -1,67 +1,64 @@
-"""A training-curve PNG with no plotting library: loss per step (blue) and eval points (red) drawn into an
-RGB raster and written with zlib (PNG is a zlib-compressed scanline stream plus three chunks)."""
+"""The training-curve PNG of a run (``training_curve.png``, shown in the card): training loss per step on the
+left axis, evaluation metrics on a right axis of their own, with labelled axes, ticks and a legend. Drawn with
+matplotlib (the ``plot`` extra: ``pip install hf-expand[plot]``); without it the curve is skipped with one line
+saying how to get it."""
 
 from __future__ import annotations
 
-import struct
-import zlib
+import logging
 from pathlib import Path
 
-W, H, PAD = 480, 240, 24
+log = logging.getLogger("hf_expand")
+
+EVAL_KEYS = ("accuracy", "f1", "perplexity", "loss")  # metrics drawn from the eval history, when present
 
 
-def _png(pixels: list[bytearray]) -> bytes:
-    raw = b"".join(b"\x00" + bytes(row) for row in pixels)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-
-def training_curve(section: dict, path: str | Path) -> Path | None:
-    """Draw ``section["loss_history"]`` ([step, loss] pairs) and eval metrics; None when there is no history."""
+def training_curve(section: dict, path: str | Path):
+    """Draw ``section["loss_history"]`` ([step, loss] pairs) and ``section["eval_history"]``; returns the written
+    path, or None when there is no history to draw or matplotlib is missing."""
     points = section.get("loss_history") or []
     if len(points) < 2:
         return None
-    pixels = [bytearray(b"\xff" * (W * 3)) for _ in range(H)]
+    try:
+        import matplotlib
 
-    def put(x, y, rgb):
-        if 0 <= x < W and 0 <= y < H:
-            pixels[y][3 * x:3 * x + 3] = bytes(rgb)
-
-    for x in range(PAD, W - PAD):  # axes
-        put(x, H - PAD, (0, 0, 0))
-    for y in range(PAD, H - PAD + 1):
-        put(PAD, y, (0, 0, 0))
-    steps = [s for s, _ in points]
-    losses = [v for _, v in points]
-    lo, hi = min(losses), max(losses)
-    span = (hi - lo) or 1.0
-
-    def xy(step, value, vmin=lo, vspan=span):
-        x = PAD + round((step - steps[0]) / max(1, steps[-1] - steps[0]) * (W - 2 * PAD - 1))
-        y = H - PAD - round((value - vmin) / vspan * (H - 2 * PAD - 1))
-        return x, y
-
-    prev = None
-    for step, value in points:
-        cur = xy(step, value)
-        if prev is not None:  # straight segment between consecutive points
-            n = max(abs(cur[0] - prev[0]), abs(cur[1] - prev[1]), 1)
-            for i in range(n + 1):
-                put(prev[0] + round((cur[0] - prev[0]) * i / n), prev[1] + round((cur[1] - prev[1]) * i / n), (31, 119, 180))
-        prev = cur
-    evals = [(e["step"], v) for e in section.get("eval_history") or [] for k, v in e.items()
-             if k in ("accuracy", "perplexity") and isinstance(v, (int, float))]
-    if evals:
-        vals = [v for _, v in evals]
-        vmin, vspan = min(vals), (max(vals) - min(vals)) or 1.0
-        for step, value in evals:
-            x, y = xy(step, value, vmin, vspan)
-            for dx in range(-2, 3):
-                for dy in range(-2, 3):
-                    put(x + dx, y + dy, (214, 39, 40))
-    Path(path).write_bytes(_png(pixels))
+        matplotlib.use("Agg")  # files only: no display needed (and none on a server)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("training curve not drawn: it needs matplotlib (pip install 'hf-expand[plot]' or matplotlib)")
+        return None
+    fig = figure(section, plt)
+    try:
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
     return Path(path)
+
+
+def figure(section: dict, plt=None):
+    """The matplotlib figure :func:`training_curve` saves (tests read its axes and legend)."""
+    if plt is None:
+        import matplotlib.pyplot as plt
+    points = section.get("loss_history") or []
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot([s for s, _ in points], [v for _, v in points], color="tab:blue", linewidth=1.2, label="training loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    evals = section.get("eval_history") or []
+    metrics = [k for k in EVAL_KEYS if any(isinstance(e.get(k), (int, float)) for e in evals)]
+    if metrics:
+        right = ax.twinx()  # eval metrics on their own scale, labelled
+        colors = ("tab:red", "tab:green", "tab:purple", "tab:orange")
+        for key, color in zip(metrics, colors):
+            pts = [(e["step"], e[key]) for e in evals if isinstance(e.get(key), (int, float))]
+            right.plot([s for s, _ in pts], [v for _, v in pts], "o--", color=color, markersize=4,
+                       label=f"eval {key}")
+        right.set_ylabel("eval " + " / ".join(metrics))
+        h2, l2 = right.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="upper right", fontsize="small")
+    ax.set_title("training curve")
+    fig.tight_layout()
+    return fig

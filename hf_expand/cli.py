@@ -64,7 +64,8 @@ EXAMPLES = {
   hf-expand evaluate out/classifier --data test.csv --label-column label    # accuracy and F1""",
     "push": """examples:
   hf-expand push out/trained your-name/llama-pro-trained
-  hf-expand push out/trained your-name/llama-pro-trained --private --create-pr""",
+  hf-expand push out/trained your-name/llama-pro-trained --private --create-pr
+  hf-expand push data/train-aug your-name/train-augmented      # an augmented dataset, with its card""",
     "run": """examples:
   hf-expand run                                   # the shipped quickstart recipe
   hf-expand run recipes/llama-pro.yaml --dry-run  # validate and print the plan
@@ -282,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of masked-LM masks")
 
     pu = sub.add_parser("push", parents=[common], help="push an output folder to the Hub with a refreshed model card")
-    pu.add_argument("folder", help="a folder written by hf-expand grow/train")
+    pu.add_argument("folder", help="a folder written by hf-expand grow/train, or an augmented dataset "
+                                   "(hf-expand augment --out): pushed as a dataset repo with its card")
     pu.add_argument("repo_id", help="namespace/name")
     _push_flags(pu)
 
@@ -572,9 +574,13 @@ def cmd_augment(args) -> int:
     lines = [f"{name}: {summarize(before, after, columns, args.copies, seconds)}" for name, before, after in pairs]
     with atomic_output_dir(args.out, args.overwrite, args.data) as tmp:
         save_data(out, tmp, args.format)
+        from .lineage import public_source
+
         (tmp / "hf_expand_augmentation.json").write_text(json.dumps(
             {"augmenters": [str(s) for s in specs], "seed": args.seed, "copies": args.copies, "summary": lines,
-             "command": _recorded_command()}, indent=2) + "\n")
+             "command": _recorded_command(), "source": public_source(args.data) or args.data,
+             "data_config": args.data_config, "data_revision": args.data_revision, "format": args.format,
+             "rows": {name: len(after) for name, _, after in pairs}}, indent=2) + "\n")
     for line in lines:
         print(line)
     print(f"augmenters: {'; '.join(str(s) for s in specs)}; seed {args.seed}")
@@ -633,6 +639,13 @@ def _push(args, folder) -> None:
 
 
 def cmd_push(args) -> int:
+    from .dataset_push import AUGMENTATION_FILE, push_dataset
+
+    if (Path(args.folder) / AUGMENTATION_FILE).is_file():  # an augmented dataset (hf-expand augment --out)
+        print(push_dataset(args.folder, args.repo_id, private=args.private, revision=args.revision,
+                           commit_message=args.commit_message, create_pr=args.create_pr, token=args.token,
+                           timeout=args.timeout))
+        return 0
     _push(args, args.folder)
     return 0
 

@@ -11,6 +11,8 @@ import pytest
 
 from hf_expand.cli import main
 
+TOKEN = "hf_alice_dataset_token_0123"
+
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
@@ -31,18 +33,21 @@ def hub(tmp_path_factory):
                                    "    path: data/en-train.parquet\n  - split: test\n    path: data/en-test.parquet\n"
                                    "- config_name: fr\n  data_files:\n  - split: train\n    path: data/fr-train.parquet\n"
                                    "---\n# toy\n")
-    server = HubServer(root / "hub", {})
+    server = HubServer(root / "hub", {TOKEN: "alice"})
     endpoint = server.start()
     server.seed("org/toy", src, repo_type="dataset")
     yield server, endpoint, root
     server.stop()
 
 
-def _cli(hub, *args) -> subprocess.CompletedProcess:
+def _cli(hub, *args, token: str | None = None, code: str | None = None) -> subprocess.CompletedProcess:
     from hub_server import client_env
 
     _, endpoint, root = hub
-    env = client_env(endpoint, root / "home", OMP_NUM_THREADS="1")
+    env = client_env(endpoint, root / "home", OMP_NUM_THREADS="1", **({"HF_TOKEN": token} if token else {}))
+    if code is not None:
+        return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
+                              timeout=300)
     return subprocess.run([sys.executable, "-m", "hf_expand", *map(str, args)], env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -90,3 +95,23 @@ def test_local_data_refuses_hub_options(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"hf-expand: error: --data-config applies to Hub datasets; {data} is local data: drop the option"]
     assert not (tmp_path / "o").exists()
+
+
+def test_push_an_augmented_dataset_and_load_it_back(hub, tmp_path, capsys):
+    server, _, _ = hub
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"the cat sat on mat {i},{i % 2}\n" for i in range(6)))
+    aug = tmp_path / "aug"
+    assert main(["augment", str(data), "--out", str(aug), "--text-column", "text", "--augment", "random_swap:p=0.5",
+                 "--copies", "2", "--seed", "3", "-q"]) == 0
+    r = _cli(hub, "push", aug, "alice/cats-aug", token=TOKEN)
+    assert r.returncode == 0, r.stderr[-2000:]
+    back = _cli(hub, "alice/cats-aug", code="import sys, json; from datasets import load_dataset; "
+                                         "d = load_dataset(sys.argv[1]); print(json.dumps({k: len(v) for k, v in d.items()}))")
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert json.loads(back.stdout.strip().splitlines()[-1]) == {"train": 18}  # 6 rows + 2 copies each
+    files = server.files("alice/cats-aug", repo_type="dataset")
+    card = files["README.md"].decode()
+    assert "`random_swap:max=10,min=1,p=0.5`" in card and "| seed | 3 |" in card and "| copies per row | 2 |" in card
+    assert "| rows in `train` | 18 |" in card and "- hf-expand" in card and "configs:" in card
+    assert TOKEN.encode() not in b"".join(files.values()) and str(tmp_path) not in card

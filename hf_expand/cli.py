@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--add-labels", metavar="A,B,...", help="append these labels to a classification head")
     g.add_argument("--add-tokens", metavar="T1,T2,...", help="add these tokens to the tokenizer and embeddings")
     g.add_argument("--add-tokens-file", metavar="FILE", help="add the tokens listed in FILE, one per line")
+    g.add_argument("--pad-to-multiple-of", type=_number, metavar="N",
+                   help="with --add-tokens: round the embedding rows up to a multiple of N (e.g. 64; the padding "
+                        "rows hold no token, as resize_token_embeddings(pad_to_multiple_of=N) leaves them)")
     g.add_argument("--special-tokens", action="store_true",
                    help="add the tokens as special tokens (chat and tool markers): never split or normalised, and "
                         "dropped by decode(skip_special_tokens=True)")
@@ -394,9 +397,11 @@ def _operations(args) -> list:
         ops.append(AddLabels(parse_list(args.add_labels, "--add-labels")))
     tokens = _read_tokens(args)
     if tokens is not None:
-        ops.append(AddTokens(tuple(tokens), output_init=args.new_token_output or "pieces", special=args.special_tokens))
-    elif args.new_token_output is not None or args.special_tokens:
-        flag = "--new-token-output" if args.new_token_output is not None else "--special-tokens"
+        ops.append(AddTokens(tuple(tokens), output_init=args.new_token_output or "pieces", special=args.special_tokens,
+                             pad_to_multiple_of=args.pad_to_multiple_of))
+    elif args.new_token_output is not None or args.special_tokens or args.pad_to_multiple_of is not None:
+        flag = ("--new-token-output" if args.new_token_output is not None else
+                "--special-tokens" if args.special_tokens else "--pad-to-multiple-of")
         raise HfExpandError(f"{flag} applies to --add-tokens / --add-tokens-file; add one or drop the flag")
     if args.init != "zero" and not any(op.name == "widen_ffn" for op in ops):
         raise HfExpandError("--init applies to FFN widening; add --widen-ffn F or --ffn-size N")

@@ -64,3 +64,25 @@ def test_special_tokens_are_dropped_by_skip_special_tokens(special, tiny_checkpo
     record = json.loads((out / "hf_expand_growth.json").read_text())
     assert record["operations"][0]["params"].get("special", False) is special
     assert record["verification"]["reloaded_max_abs_diff"] <= 1e-5
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_vocabulary_padded_to_a_multiple_of_64_is_exact_on_old_tokens(family, tiny_checkpoints, tmp_path):
+    from transformers import AutoTokenizer
+
+    src, out = tiny_checkpoints(family), tmp_path / "grown"
+    old_vocab = json.loads((src / "config.json").read_text())["vocab_size"]
+    assert main(["grow", str(src), "--out", str(out), "--add-tokens", "<tool>,<call>", "--pad-to-multiple-of", "64",
+                 "-q"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] % 64 == 0 and config["vocab_size"] >= old_vocab + 2
+    assert len(AutoTokenizer.from_pretrained(out)) == len(AutoTokenizer.from_pretrained(src)) + 2
+    record = json.loads((out / "hf_expand_growth.json").read_text())
+    assert record["operations"][0]["params"]["pad_to_multiple_of"] == 64
+    base, grown = load_stock(src), load_stock(out)
+    assert grown.get_input_embeddings().weight.shape[0] == config["vocab_size"]
+    probes = make_probes(base.config, seed=9, vocab_limit=old_vocab)  # old tokens only
+    with torch.no_grad():
+        a, b = outputs(base, probes), outputs(grown, probes)
+    worst = max(float((x - y[..., : x.shape[-1]]).abs().max()) for x, y in zip(a, b))  # old tokens' logits
+    assert worst <= 1e-5, worst

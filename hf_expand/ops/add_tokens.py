@@ -40,6 +40,7 @@ class AddTokens:
     tokenizer: Any = field(default=None, compare=False, repr=False)
     output_init: str = "pieces"
     special: bool = False  # added as special tokens (chat/tool markers): decode(skip_special_tokens=True) drops them
+    pad_to_multiple_of: int | None = None  # embedding rows rounded up (as resize_token_embeddings has it)
 
     def __post_init__(self):
         tokens = (self.tokens,) if isinstance(self.tokens, str) else tuple(self.tokens)
@@ -52,6 +53,12 @@ class AddTokens:
         if self.output_init not in OUTPUT_INITS:
             raise HfExpandError(f"--new-token-output must be one of {', '.join(OUTPUT_INITS)}, got {self.output_init!r}")
         object.__setattr__(self, "tokens", tuple(dict.fromkeys(tokens)))  # drop repeats, keep order
+        m = self.pad_to_multiple_of
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not float(m).is_integer()
+                              or not 1 <= m <= 2**16):
+            raise HfExpandError(f"--pad-to-multiple-of must be a whole number from 1 to 65536, got {m!r}; e.g. 64")
+        if m is not None:
+            object.__setattr__(self, "pad_to_multiple_of", int(m))
 
     def split(self) -> tuple[list[str], list[str]]:
         """(tokens to add, tokens the tokenizer already has)."""
@@ -82,12 +89,16 @@ class AddTokens:
             )
         ids = list(range(base, base + len(new)))
         size = max(V, base + len(new))
+        if self.pad_to_multiple_of:  # rows no token uses yet, for kernels that want a multiple (64, 128)
+            m = self.pad_to_multiple_of
+            size = max(V, -(-(base + len(new)) // m) * m)
+        pads = tuple(range(max(V, base + len(new)), size))  # padding rows: the mean row, outputs excluded
         pieces = []
         for t in new:
             p = tuple(i for i in tok(t, add_special_tokens=False)["input_ids"] if 0 <= i < V)
             pieces.append(p)
-        rows_in = tuple(zip(ids, pieces))
-        rows_out = rows_in if self.output_init == "pieces" else tuple((i, ()) for i in ids)
+        rows_in = tuple(zip(ids, pieces)) + tuple((i, ()) for i in pads)
+        rows_out = rows_in if self.output_init == "pieces" else tuple((i, ()) for i in (*ids, *pads))
 
         new_config = updated_config(config, {"vocab_size": size})
         # Which tensors have a vocabulary axis: compare with a model one token larger (works when the
@@ -106,6 +117,11 @@ class AddTokens:
             shape = tuple(size if a == axis else d for a, d in enumerate(p.shape))
             steps.append(TensorStep(name, name, p.shape, shape, (SetRows(axis, size, rows),)))
             new_slices[name] = [{"axis": axis, "start": ids[0], "stop": ids[-1] + 1}]
+            if pads:
+                if pads[0] == ids[-1] + 1:
+                    new_slices[name][0]["stop"] = size
+                else:  # a padded vocabulary's unused rows lie between (old rows, unchanged)
+                    new_slices[name].append({"axis": axis, "start": pads[0], "stop": size})
 
         grown_tok = copy.deepcopy(tok)
         if self.special:  # whole, never normalised or split, and dropped by decode(skip_special_tokens=True)
@@ -118,6 +134,9 @@ class AddTokens:
         if list(got) != ids:  # pragma: no cover - a tokenizer with holes in its ids
             raise HfExpandError(f"--add-tokens: the tokenizer gave ids {got[:5]}…, expected {ids[:5]}…; cannot align embeddings")
         notes = [f"{len(new)} new token(s) get ids {ids[0]}..{ids[-1]}"]
+        if pads:
+            notes.append(f"{len(pads)} padding row(s) {pads[0]}..{pads[-1]} round the vocabulary up to {size} "
+                         f"(a multiple of {self.pad_to_multiple_of}); no token uses them, their outputs are excluded")
         if ids[0] < V:
             notes.append(f"the vocabulary was padded: ids {ids[0]}..{min(ids[-1], V - 1)} were unused rows and now "
                          "hold the new tokens (their old logits are excluded from verification)")
@@ -129,13 +148,14 @@ class AddTokens:
         return Plan(
             op=self.name,
             params={"tokens": new, "already_present": present, "output_init": self.output_init,
-                    **({"special": True} if self.special else {})},
+                    **({"special": True} if self.special else {}),
+                    **({"pad_to_multiple_of": self.pad_to_multiple_of} if self.pad_to_multiple_of else {})},
             summary=f"vocab {V} -> {size}: + {len(new)} token(s)" + (f", {len(present)} already present" if present else ""),
             config_updates={"vocab_size": size} if size != V else {},
             new_config=new_config,
             steps=steps,
             new_slices=new_slices,
             notes=notes,
-            new_outputs=(ids[0], ids[-1] + 1) if layout.output_embedding else None,
+            new_outputs=(ids[0], size if pads else ids[-1] + 1) if layout.output_embedding else None,
             extra_files={"tokenizer": grown_tok},
         )

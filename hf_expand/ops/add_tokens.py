@@ -24,7 +24,7 @@ from ..architectures import ModelLayout, describe
 from ..errors import HfExpandError
 from ..plan import Plan, SetRows, TensorStep
 from . import register
-from .common import updated_config
+from .common import check_multiple, updated_config
 
 OUTPUT_INITS = ("pieces", "mean")
 MAX_TOKENS = 1_000_000
@@ -53,12 +53,7 @@ class AddTokens:
         if self.output_init not in OUTPUT_INITS:
             raise HfExpandError(f"--new-token-output must be one of {', '.join(OUTPUT_INITS)}, got {self.output_init!r}")
         object.__setattr__(self, "tokens", tuple(dict.fromkeys(tokens)))  # drop repeats, keep order
-        m = self.pad_to_multiple_of
-        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not float(m).is_integer()
-                              or not 1 <= m <= 2**16):
-            raise HfExpandError(f"--pad-to-multiple-of must be a whole number from 1 to 65536, got {m!r}; e.g. 64")
-        if m is not None:
-            object.__setattr__(self, "pad_to_multiple_of", int(m))
+        check_multiple(self, "pad_to_multiple_of", "--pad-to-multiple-of", "64")
 
     def split(self) -> tuple[list[str], list[str]]:
         """(tokens to add, tokens the tokenizer already has)."""

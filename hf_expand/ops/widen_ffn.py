@@ -23,7 +23,7 @@ from ..architectures import check_refusals, ModelLayout, ffn_size
 from ..errors import HfExpandError, UnsupportedArchitecture
 from ..plan import Grow, Plan, TensorStep
 from . import register
-from .common import updated_config
+from .common import check_multiple, updated_config
 
 INITS = ("zero", "split")
 MAX_FACTOR = 1024
@@ -57,12 +57,7 @@ class WidenFFN:
             object.__setattr__(self, "size", int(self.size))
         if self.init not in INITS:
             raise HfExpandError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
-        m = self.multiple_of
-        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not float(m).is_integer()
-                              or not 1 <= m <= 2**16):
-            raise HfExpandError(f"--multiple-of must be a whole number from 1 to 65536, got {m!r}; e.g. 64 or 128")
-        if m is not None:
-            object.__setattr__(self, "multiple_of", int(m))
+        check_multiple(self, "multiple_of", "--multiple-of", "64 or 128")
 
     def targets(self, config, layout: ModelLayout) -> dict[str, tuple[int, int]]:
         """config field -> (old width, new width) for every FFN space of the family."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .augment.data_io import FILE_BUILDERS
 from .errors import HfExpandError
 
 AUGMENTATION_FILE = "hf_expand_augmentation.json"
@@ -25,7 +26,7 @@ def _load(folder: Path, fmt: str):
     files = sorted(folder.glob(f"*.{fmt}"))
     if not files:
         raise HfExpandError(f"{folder} has no .{fmt} files; push the folder hf-expand augment wrote")
-    builder = "json" if fmt == "jsonl" else fmt
+    builder = FILE_BUILDERS[f".{fmt}"]
     return load_dataset(builder, data_files={p.stem if p.stem != "data" else "train": str(p) for p in files})
 
 
@@ -74,7 +75,7 @@ def push_dataset(folder: str | Path, repo_id: str, *, private: bool = False, rev
     import tempfile
 
     from . import checks
-    from .hub import _hub_timeout, _one_line, push_timeout
+    from .hub import _hub_timeout, push_error, push_timeout
 
     folder = Path(folder)
     problem = checks.repo_id(repo_id)
@@ -107,6 +108,5 @@ def push_dataset(folder: str | Path, repo_id: str, *, private: bool = False, rev
                 commit = api.create_commit(repo_id, ops, repo_type="dataset", revision=revision, create_pr=create_pr,
                                            commit_message=commit_message or f"Upload {repo_id} with hf-expand")
         except Exception as exc:  # noqa: BLE001 - any Hub or network failure: one line, the token never in it
-            raise HfExpandError(f"push of dataset {repo_id} failed: {_one_line(exc, token)}; check the token's "
-                                f"write access and HF_ENDPOINT, then run the same command again") from None
+            raise push_error(exc, repo_id, token, seconds) from None
     return getattr(commit, "pr_url", None) or getattr(commit, "commit_url", None) or f"pushed dataset {repo_id}"

@@ -228,9 +228,7 @@ def grow_model(
         raise UnsupportedArchitecture(problem)
     caller, was_training = model, model.training
     dtype, device = _dtype_and_device(model)
-    if dtype != torch.float32 or device.type != "cpu":
-        model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
-    model = model.eval()
+    model = fp32_cpu(model).eval()
     try:
         grown, report = _grow_in_fp32(model, operations, seed, tolerance, probes, accept_difference, progress,
                                       base_outputs)
@@ -239,6 +237,14 @@ def grow_model(
     if dtype != torch.float32 or device.type != "cpu":
         grown = grown.to(device=device, dtype=dtype)
     return grown, report
+
+
+def fp32_cpu(model):
+    """``model`` itself when it is fp32 on the CPU, else an fp32 CPU copy (the caller's model is never cast)."""
+    dtype, device = _dtype_and_device(model)
+    if dtype == torch.float32 and device.type == "cpu":
+        return model
+    return copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
 
 
 def _model_problem(model) -> str | None:

@@ -304,7 +304,6 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
 def _push(folder: Path, repo_id: str, files: list[tuple[str, Path]], record: dict | None, seconds: float, *,
           private: bool, revision: str | None, commit_message: str | None, create_pr: bool, token: str | None) -> str:
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     from .card import build_card
 
@@ -327,23 +326,32 @@ def _push(folder: Path, repo_id: str, files: list[tuple[str, Path]], record: dic
         ops += [CommitOperationAdd(rel, str(path)) for rel, path in files]
         info = api.create_commit(repo_id, ops, commit_message=commit_message or f"Upload {repo_id} with hf-expand",
                                  revision=revision, create_pr=create_pr)
-    except PushTimeout as exc:
-        raise HfExpandError(f"push to {repo_id} failed: {exc} (push timeout); wait longer with --timeout SECONDS or {TIMEOUT_ENV}=SECONDS "
-                            f"(now {seconds:g}) or check HF_ENDPOINT / the network, then run the same command again") from None
-    except RepositoryNotFoundError as exc:
-        raise HfExpandError(f"push to {repo_id} failed: repository not found or no access "
-                            f"({_one_line(exc, token)}); check the token's write access") from None
-    except HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        hint = {401: "the token is missing or invalid: set HF_TOKEN, run `hf auth login`, or pass --token",
-                403: "the token has no write access to this namespace"}.get(status, "run the same command again to retry")
-        raise HfExpandError(f"push to {repo_id} failed (HTTP {status}): {_one_line(exc, token)}; {hint}") from None
-    except Exception as exc:  # noqa: BLE001 - connection refused (httpx errors are not OSError)
-        raise HfExpandError(f"push to {repo_id} failed: {_one_line(exc, token)}; check HF_ENDPOINT / the network "
-                            f"and run the same command again") from None
+    except Exception as exc:  # noqa: BLE001 - every Hub or network failure becomes one line (push_error)
+        raise push_error(exc, repo_id, token, seconds) from None
     (folder / "README.md").write_text(card)
     if new_record is not None:
         write_record(folder, new_record)
     if getattr(info, "oid", None) == head and not create_pr:
         return f"nothing changed since {head[:12]}; no new commit"
     return getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or str(info)
+
+
+def push_error(exc: Exception, repo_id: str, token: str | None, seconds: float) -> HfExpandError:
+    """A failed push (model or dataset) as one line that says what to do, the token masked."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    if isinstance(exc, PushTimeout):
+        return HfExpandError(f"push to {repo_id} failed: {exc} (push timeout); wait longer with --timeout SECONDS or "
+                             f"{TIMEOUT_ENV}=SECONDS (now {seconds:g}) or check HF_ENDPOINT / the network, then run the "
+                             f"same command again")
+    if isinstance(exc, RepositoryNotFoundError):
+        return HfExpandError(f"push to {repo_id} failed: repository not found or no access "
+                             f"({_one_line(exc, token)}); check the token's write access")
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        hint = {401: "the token is missing or invalid: set HF_TOKEN, run `hf auth login`, or pass --token",
+                403: "the token has no write access to this namespace"}.get(status, "run the same command again to retry")
+        return HfExpandError(f"push to {repo_id} failed (HTTP {status}): {_one_line(exc, token)}; {hint}")
+    # connection refused and the like (httpx errors are not OSError)
+    return HfExpandError(f"push to {repo_id} failed: {_one_line(exc, token)}; check HF_ENDPOINT / the network "
+                         f"and run the same command again")

@@ -27,7 +27,7 @@ def training_curve(section: dict, path: str | Path):
     except ImportError:
         log.warning("training curve not drawn: it needs matplotlib (pip install 'hf-expand[plot]' or matplotlib)")
         return None
-    fig = figure(section, plt)
+    fig = figure(section)
     try:
         fig.savefig(path, dpi=100)
     finally:
@@ -35,10 +35,10 @@ def training_curve(section: dict, path: str | Path):
     return Path(path)
 
 
-def figure(section: dict, plt=None):
+def figure(section: dict):
     """The matplotlib figure :func:`training_curve` saves (tests read its axes and legend)."""
-    if plt is None:
-        import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
+
     points = section.get("loss_history") or []
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ax.plot([s for s, _ in points], [v for _, v in points], color="tab:blue", linewidth=1.2, label="training loss")

@@ -24,6 +24,7 @@ def save_grown(model, report, out: str | Path, tokenizer=None, base_model: str |
 
     from .card import write_card
     from .errors import HfExpandError
+    from .grow import _dtype_and_device, fp32_cpu
     from .lineage import is_repo_id
     from .model_io import auto_class_for
     from .output import atomic_output_dir, check_output_dir
@@ -35,7 +36,7 @@ def save_grown(model, report, out: str | Path, tokenizer=None, base_model: str |
     if not report.operations:
         raise HfExpandError("save_grown needs the report grow_model returned with the model (it lists no operation)")
     check_output_dir(out, overwrite)
-    dtype = next(model.parameters()).dtype
+    dtype, _ = _dtype_and_device(model)
     with atomic_output_dir(out, overwrite) as tmp:
         model.save_pretrained(tmp)
         tok = report.tokenizer if report.tokenizer is not None else tokenizer
@@ -44,9 +45,7 @@ def save_grown(model, report, out: str | Path, tokenizer=None, base_model: str |
         cls = auto_class_for(model.config)
         reloaded = cls.from_pretrained(tmp, dtype=torch.float32)
         probes = make_probes(model.config, seed=report.seed)
-        in_memory = model if dtype == torch.float32 and next(model.parameters()).device.type == "cpu" else \
-            _fp32_copy(model)
-        saved = max_abs_diff(outputs(in_memory, probes), outputs(reloaded, probes), probes, report.excluded_outputs,
+        saved = max_abs_diff(outputs(fp32_cpu(model), probes), outputs(reloaded, probes), probes, report.excluded_outputs,
                              names=("the grown model in memory", "the saved model"))
         record = report.to_record(source=base_model or "a model in memory (grow_model)", auto_class=cls.__name__,
                                   dtype=str(dtype).removeprefix("torch."), copied=["tokenizer"] if tok else [],
@@ -59,10 +58,3 @@ def save_grown(model, report, out: str | Path, tokenizer=None, base_model: str |
     log.info("saved %s (saved vs in memory: max |diff| %.3g)", out, saved)
     return Path(out)
 
-
-def _fp32_copy(model):
-    import copy
-
-    import torch
-
-    return copy.deepcopy(model).to(device="cpu", dtype=torch.float32)

@@ -247,8 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-size", type=int, default=1000, help="rows per map batch (does not change the output)")
     a.add_argument("--split", action="append", metavar="NAME",
                    help="split to augment (repeatable; default train); other splits are copied untouched")
-    a.add_argument("--format", choices=["arrow", "jsonl", "parquet"], default="arrow",
-                   help="arrow (save_to_disk, default), or one <split>.jsonl / <split>.parquet per split")
+    a.add_argument("--format", choices=["arrow", "jsonl", "parquet"], default=None,
+                   help="arrow (save_to_disk; the default), or one <split>.jsonl / <split>.parquet per split "
+                        "(parquet is the default with --streaming)")
+    a.add_argument("--streaming", action="store_true",
+                   help="read the data as an IterableDataset and write the output as it goes (jsonl or parquet), "
+                        "for corpora larger than the disk cache; the rows equal a non-streaming run's")
     a.add_argument("--no-original", action="store_true", help="output only the augmented copies")
     a.add_argument("--drop-duplicates", action="store_true",
                    help="drop augmented rows identical to their original or an earlier copy (default: keep and count)")
@@ -546,7 +550,7 @@ def cmd_augment(args) -> int:
     import time
 
     from .augment import augment_dataset, resolve, summarize
-    from .augment.data_io import load_data, save_data
+    from .augment.data_io import load_data, save_data, save_stream
     from .augment.pipeline import check_augmenter_models
     from .output import atomic_output_dir, check_output_dir
 
@@ -557,6 +561,12 @@ def cmd_augment(args) -> int:
         raise HfExpandError(f"--num-proc must be >= 1, got {args.num_proc}")
     if args.batch_size < 1:
         raise HfExpandError(f"--batch-size must be >= 1, got {args.batch_size}")
+    fmt = args.format or ("parquet" if args.streaming else "arrow")
+    if args.streaming and fmt == "arrow":
+        raise HfExpandError("--streaming writes the output as it is read, as jsonl or parquet; use --format parquet "
+                            "(or drop --streaming)")
+    if args.streaming and args.num_proc not in (None, 1):
+        raise HfExpandError("--num-proc does not apply to --streaming (the stream is read in one pass); drop it")
     _check_common(args)
     check_output_dir(args.out, args.overwrite, args.data)
     specs = resolve(args.augment or ["synonym"])  # validated before any data is read
@@ -565,31 +575,45 @@ def cmd_augment(args) -> int:
         import datasets
 
         datasets.disable_progress_bars()
-    data = load_data(args.data, args.data_config, args.data_revision)
+    data = load_data(args.data, args.data_config, args.data_revision, streaming=args.streaming)
     if args.split and not hasattr(data, "keys"):
         raise HfExpandError(f"{args.data} has no splits (a single dataset); drop --split")
     splits = args.split or ["train"]
     start = time.perf_counter()
+    counts: dict = {}
     out = augment_dataset(data, specs, columns, copies=args.copies, seed=args.seed, num_proc=args.num_proc,
                           splits=splits, keep_original=not args.no_original,
                           duplicates="drop" if args.drop_duplicates else "keep", batch_size=args.batch_size,
-                          progress=not args.quiet, trust_remote_code=args.trust_remote_code)
-    seconds = time.perf_counter() - start
-    pairs = [("rows", data, out)] if not hasattr(data, "keys") else [(s, data[s], out[s]) for s in splits]
-    lines = [f"{name}: {summarize(before, after, columns, args.copies, seconds)}" for name, before, after in pairs]
+                          progress=not args.quiet, trust_remote_code=args.trust_remote_code, counts=counts)
+    names = ["rows"] if not hasattr(data, "keys") else list(splits)
     with atomic_output_dir(args.out, args.overwrite, args.data) as tmp:
-        save_data(out, tmp, args.format)
+        if args.streaming:  # the augmenting happens while writing: counted as it goes
+            save_stream(out, tmp, fmt, args.batch_size, progress=not args.quiet)
+            seconds = time.perf_counter() - start
+            for name in names:
+                if counts[name].rows_in == 0:
+                    raise HfExpandError(f"the dataset{'' if name == 'rows' else f' in split {name!r}'} is empty; "
+                                        f"nothing to augment")
+                counts[name].seconds = seconds
+            lines = [f"{name}: {counts[name]}" for name in names]
+            rows = {name: counts[name].rows_out for name in names}
+        else:
+            seconds = time.perf_counter() - start
+            pairs = [("rows", data, out)] if not hasattr(data, "keys") else [(s, data[s], out[s]) for s in splits]
+            lines = [f"{name}: {summarize(before, after, columns, args.copies, seconds)}" for name, before, after in pairs]
+            rows = {name: len(after) for name, _, after in pairs}
+            save_data(out, tmp, fmt)
         from .lineage import public_source
 
         (tmp / "hf_expand_augmentation.json").write_text(json.dumps(
             {"augmenters": [str(s) for s in specs], "seed": args.seed, "copies": args.copies, "summary": lines,
              "command": _recorded_command(), "source": public_source(args.data) or args.data,
-             "data_config": args.data_config, "data_revision": args.data_revision, "format": args.format,
-             "rows": {name: len(after) for name, _, after in pairs}}, indent=2) + "\n")
+             "data_config": args.data_config, "data_revision": args.data_revision, "format": fmt,
+             "streaming": args.streaming, "rows": rows}, indent=2) + "\n")
     for line in lines:
         print(line)
     print(f"augmenters: {'; '.join(str(s) for s in specs)}; seed {args.seed}")
-    print(f"wrote {args.out} ({args.format})")
+    print(f"wrote {args.out} ({fmt}{', streamed' if args.streaming else ''})")
     return 0
 
 

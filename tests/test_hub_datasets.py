@@ -72,6 +72,23 @@ def test_augment_a_hub_config(hub, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_stream_a_hub_config(hub, tmp_path):
+    """--streaming over a Hub dataset (read through the Hub's file API, not the datasets cache): the rows of the
+    non-streaming run of the same config, seed and augmenter."""
+    from datasets import load_dataset
+
+    common = ["org/toy", "--data-config", "en", "--text-column", "text", "--augment", "random_swap:p=0.5",
+              "--seed", "3", "--format", "jsonl", "-q"]
+    r = _cli(hub, "augment", *common, "--out", tmp_path / "plain")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _cli(hub, "augment", *common, "--out", tmp_path / "stream", "--streaming")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for split, rows in (("train", 16), ("test", 6)):
+        plain = load_dataset("json", data_files=str(tmp_path / "plain" / f"{split}.jsonl"))["train"].to_list()
+        stream = load_dataset("json", data_files=str(tmp_path / "stream" / f"{split}.jsonl"))["train"].to_list()
+        assert len(stream) == rows and stream == plain
+
+
 def test_train_on_a_hub_config_and_split(hub, grown_llama, tmp_path):
     out = tmp_path / "trained"
     r = _cli(hub, "train", grown_llama, "--data", "org/toy", "--data-config", "en", "--split", "test", "--out", out,

@@ -14,11 +14,15 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def load_data(source: str, config: str | None = None, revision: str | None = None):
+def load_data(source: str, config: str | None = None, revision: str | None = None, streaming: bool = False):
     """A local csv/json/jsonl/parquet/txt file (-> ``DatasetDict`` with a ``train`` split), a ``save_to_disk``
     folder, or a Hub dataset id (``load_dataset`` semantics; ``config`` is its configuration name, ``revision`` a
-    branch, tag or commit, both refused for local data)."""
+    branch, tag or commit, both refused for local data). ``streaming``: the same as an ``IterableDataset`` /
+    ``IterableDatasetDict``, read as it is used (nothing goes through the datasets cache)."""
     import datasets
+
+    if streaming:
+        return _stream(load_data, source, config, revision)
 
     path = Path(source)
     if (config is not None or revision is not None) and path.exists():
@@ -55,6 +59,81 @@ def load_data(source: str, config: str | None = None, revision: str | None = Non
     except Exception as exc:  # noqa: BLE001
         what = "".join([f" (config {config!r})" if config else "", f" at revision {revision!r}" if revision else ""])
         raise HfExpandError(f"cannot load dataset {source!r}{what} from the Hub: {_first_line(exc)}") from None
+
+
+def _stream(load, source: str, config, revision):
+    """``load_data(..., streaming=True)``: files and Hub ids through ``load_dataset(streaming=True)``; a
+    ``save_to_disk`` folder through ``to_iterable_dataset`` (its arrow files are read in order, not copied)."""
+    import datasets
+
+    path = Path(source)
+    if path.is_dir():
+        data = load(source, config, revision)
+        if isinstance(data, datasets.DatasetDict):
+            return datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in data.items()})
+        return data.to_iterable_dataset()
+    if path.is_file():
+        builder = FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise HfExpandError(f"cannot read {path}: unknown extension {path.suffix!r}; "
+                                f"use one of {', '.join(FILE_BUILDERS)}")
+        if path.stat().st_size == 0:
+            raise HfExpandError(f"{path} is empty; nothing to augment")
+        if config is not None or revision is not None:
+            load(source, config, revision)  # raises the local-data message
+        return datasets.load_dataset(builder, data_files=str(path), streaming=True)
+    check_source(source)
+    try:
+        return datasets.load_dataset(source, name=config, revision=revision, streaming=True)
+    except Exception as exc:  # noqa: BLE001
+        what = "".join([f" (config {config!r})" if config else "", f" at revision {revision!r}" if revision else ""])
+        raise HfExpandError(f"cannot stream dataset {source!r}{what} from the Hub: {_first_line(exc)}") from None
+
+
+def save_stream(data, folder: Path, fmt: str, batch_size: int = 1000, progress: bool = True) -> dict[str, int]:
+    """Write a streamed ``IterableDataset`` / ``IterableDatasetDict`` batch by batch, as it is read: one
+    ``<split>.parquet`` (a row group per batch) or ``<split>.jsonl`` per split, the layout :func:`save_data`
+    writes. Returns {split: rows}. Only one batch is held at a time."""
+    import contextlib
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import IterableDataset
+    from tqdm.auto import tqdm
+
+    if fmt not in ("jsonl", "parquet"):
+        raise HfExpandError(f"a streamed dataset is written as it is read, as jsonl or parquet; got --format {fmt}: "
+                            f"use --format parquet (or drop --streaming)")
+    splits = {"data": data} if isinstance(data, IterableDataset) else dict(data)
+    rows = {}
+    for name, ds in splits.items():
+        if ds.features is None:  # a split passed through untouched from a source that declares no features
+            ds = ds._resolve_features()
+        target, writer, count = folder / f"{name}.{fmt}", None, 0
+        bar = tqdm(desc=f"writing {name}", unit=" rows", disable=not progress)
+        with open(target, "w", encoding="utf-8") if fmt == "jsonl" else contextlib.nullcontext() as handle:
+            for batch in ds.iter(batch_size=batch_size):
+                n = len(next(iter(batch.values()))) if batch else 0
+                if fmt == "parquet":
+                    table = pa.Table.from_pydict(ds.features.encode_batch(batch), schema=ds.features.arrow_schema)
+                    if writer is None:
+                        writer = pq.ParquetWriter(str(target), table.schema)
+                    writer.write_table(table)
+                else:
+                    keys = list(batch)
+                    for values in zip(*(batch[k] for k in keys)):
+                        handle.write(json.dumps(dict(zip(keys, values)), ensure_ascii=False) + "\n")
+                count += n
+                bar.update(n)
+        bar.close()
+        if writer is not None:
+            writer.close()
+        elif fmt == "parquet":  # an empty split: an empty file with the schema, as to_parquet writes
+            schema = ds.features.arrow_schema if ds.features is not None else pa.schema([])
+            pq.write_table(schema.empty_table(), str(target))
+        rows[name] = count
+    return rows
 
 
 def check_source(source: str) -> None:

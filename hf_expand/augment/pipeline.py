@@ -123,6 +123,7 @@ class _AugmentBatch:
     keep_original: bool
     drop_duplicates: bool
     trust_remote_code: bool = False
+    tally: "AugmentSummary | None" = dataclasses.field(default=None, compare=False)  # streaming: running counts
 
     def __call__(self, batch: dict, indices: list[int]) -> dict:
         _limit_threads_in_worker()
@@ -156,6 +157,10 @@ class _AugmentBatch:
                     continue
                 seen.add(key)
                 emit(j, True, texts)
+        if self.tally is not None:  # a stream is read once: count it as it goes (summarize needs both datasets)
+            src = {i: tuple(batch[col][j] for col in self.text_columns) for j, i in enumerate(indices)}
+            rows = list(zip(*(out[col] for col in self.text_columns)))
+            self.tally.add(_counts(src, rows, out[IS_AUGMENTED], out[SOURCE_INDEX], self.copies))
         return out
 
 
@@ -173,7 +178,7 @@ def _check_split(ds, text_columns: tuple[str, ...], where: str) -> None:
 
 def augment_dataset(data, augmenters, text_columns, *, copies: int = 1, seed: int = 0, num_proc: int | None = None,
                     splits=("train",), keep_original: bool = True, duplicates: str = "keep", batch_size: int = 1000,
-                    progress: bool = True, trust_remote_code: bool = False):
+                    progress: bool = True, trust_remote_code: bool = False, counts: dict | None = None):
     """Augment ``data`` (a ``Dataset``, or the ``splits`` of a ``DatasetDict``) with ``augmenters`` applied in order.
 
     ``augmenters``: specs like ``"synonym:p=0.3"`` or dicts ``{"name": "synonym", "p": 0.3}``.
@@ -182,6 +187,11 @@ def augment_dataset(data, augmenters, text_columns, *, copies: int = 1, seed: in
     evaluation data is never augmented unless named in ``splits``.
     ``trust_remote_code``: let augmenter models (``contextual``, ``back_translation``) run the custom code
     their config names (``auto_map``); off by default, when such a model is refused in one line.
+
+    Streaming: an ``IterableDataset`` / ``IterableDatasetDict`` gives back the same, mapped lazily; its rows equal
+    the non-streaming output row for row (the seeds depend on the row's position in the stream, as they do on its
+    index). Pass a dict as ``counts`` to get an :class:`AugmentSummary` per split, filled in as the stream is read
+    (``summarize`` would have to read the stream twice). ``num_proc`` does not apply to streams.
     """
     import numpy as np
 
@@ -189,16 +199,17 @@ def augment_dataset(data, augmenters, text_columns, *, copies: int = 1, seed: in
     try:
         return _augment_dataset(data, augmenters, text_columns, copies=copies, seed=seed, num_proc=num_proc,
                                 splits=splits, keep_original=keep_original, duplicates=duplicates,
-                                batch_size=batch_size, progress=progress, trust_remote_code=trust_remote_code)
+                                batch_size=batch_size, progress=progress, trust_remote_code=trust_remote_code,
+                                counts=counts)
     finally:
         random.setstate(saved[0])
         np.random.set_state(saved[1])
 
 
 def _augment_dataset(data, augmenters, text_columns, *, copies, seed, num_proc, splits, keep_original, duplicates,
-                     batch_size, progress, trust_remote_code):
+                     batch_size, progress, trust_remote_code, counts):
     import datasets
-    from datasets import Dataset, DatasetDict, Value
+    from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, Value
 
     specs = tuple(resolve(augmenters))
     if not specs:
@@ -220,6 +231,10 @@ def _augment_dataset(data, augmenters, text_columns, *, copies, seed, num_proc, 
         raise HfExpandError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {duplicates!r}")
     if not isinstance(trust_remote_code, bool):
         raise HfExpandError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
+    if isinstance(data, (IterableDataset, IterableDatasetDict)):
+        return _augment_stream(data, specs, text_columns, copies=copies, seed=seed, num_proc=num_proc, splits=splits,
+                               keep_original=keep_original, duplicates=duplicates, batch_size=batch_size,
+                               trust_remote_code=trust_remote_code, counts=counts)
     if isinstance(data, DatasetDict):
         splits = (splits,) if isinstance(splits, str) else tuple(splits)
         missing = [s for s in splits if s not in data]
@@ -232,7 +247,8 @@ def _augment_dataset(data, augmenters, text_columns, *, copies, seed, num_proc, 
         _check_split(data, text_columns, "")
         check_output_rows(len(data), copies, keep_original)
     else:
-        raise HfExpandError(f"expected a datasets.Dataset or DatasetDict, got {type(data).__name__}")
+        raise HfExpandError(f"expected a datasets.Dataset, DatasetDict, IterableDataset or IterableDatasetDict, "
+                            f"got {type(data).__name__}")
 
     signatures = tuple(model_signature(spec) for spec in specs)
     for spec, signature in zip(specs, signatures):  # load WordNet / models once, here, before workers fork
@@ -266,6 +282,59 @@ def _augment_dataset(data, augmenters, text_columns, *, copies, seed, num_proc, 
     return DatasetDict({name: run(ds, name) if name in splits else ds for name, ds in data.items()})
 
 
+def _stream_features(ds, text_columns: tuple[str, ...], where: str):
+    """The features of a stream (read from its first row when the source does not declare them), checked as
+    :func:`_check_split` checks a dataset; an empty stream is refused here, before anything is written."""
+    if ds.features is None:
+        ds = ds._resolve_features()
+    if not ds.features:  # None, or no column at all: the stream has no first row
+        raise HfExpandError(f"the dataset{where} is empty; nothing to augment")
+    names = list(ds.features)
+    for col in text_columns:
+        if col not in names:
+            raise HfExpandError(f"text column {col!r} not found{where}; columns: {', '.join(names)}")
+    for col in (SOURCE_INDEX, IS_AUGMENTED):
+        if col in names:
+            raise HfExpandError(f"column {col!r} already exists{where}: the data looks augmented already; "
+                                f"augment the original data (or remove the column)")
+    return ds
+
+
+def _augment_stream(data, specs, text_columns, *, copies, seed, num_proc, splits, keep_original, duplicates,
+                    batch_size, trust_remote_code, counts):
+    from datasets import IterableDataset, IterableDatasetDict, Value
+
+    if num_proc not in (None, 1):
+        raise HfExpandError("num_proc does not apply to a streamed dataset (it is read in one pass); drop --num-proc")
+    if counts is not None and not isinstance(counts, dict):
+        raise HfExpandError(f"counts must be a dict (it receives one AugmentSummary per split), got {counts!r}")
+    if isinstance(data, IterableDatasetDict):
+        splits = (splits,) if isinstance(splits, str) else tuple(splits)
+        missing = [s for s in splits if s not in data]
+        if missing:
+            raise HfExpandError(f"split {missing[0]!r} not found; splits: {', '.join(data)} (choose with --split)")
+    signatures = tuple(model_signature(spec) for spec in specs)
+    for spec, signature in zip(specs, signatures):
+        backend(spec, signature, trust_remote_code)
+
+    def run(ds, name, where):
+        ds = _stream_features(ds, text_columns, where)
+        features = ds.features.copy()
+        features[SOURCE_INDEX] = Value("int64")
+        features[IS_AUGMENTED] = Value("bool")
+        tally = AugmentSummary(0, 0, 0, 0, 0, 0, 0)
+        if counts is not None:
+            counts[name] = tally
+        fn = _AugmentBatch(specs, signatures, text_columns, copies, seed, keep_original, duplicates == "drop",
+                           trust_remote_code, tally)
+        return ds.map(fn, batched=True, batch_size=batch_size, with_indices=True, features=features)
+
+    if isinstance(data, IterableDataset):
+        return run(data, "rows", "")
+    return IterableDatasetDict({name: run(ds, name, f" in split {name!r}") if name in splits else ds
+                                for name, ds in data.items()})
+
+
 @dataclasses.dataclass
 class AugmentSummary:
     rows_in: int
@@ -278,6 +347,11 @@ class AugmentSummary:
     seconds: float = 0.0
     sources_without_rows: int = 0  # source rows with no output row (no originals + every copy dropped)
 
+    def add(self, other: "AugmentSummary") -> None:
+        """Add the counts of ``other`` (a later part of the same split) to these."""
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
     def __str__(self) -> str:
         return (f"rows in {self.rows_in:,}, rows out {self.rows_out:,} ({self.augmented:,} augmented, "
                 f"{self.changed:,} changed, {self.duplicates:,} duplicates kept, {self.dropped:,} dropped); "
@@ -289,9 +363,14 @@ class AugmentSummary:
 def summarize(source, augmented, text_columns, copies: int, seconds: float = 0.0) -> AugmentSummary:
     """Count what an :func:`augment_dataset` call did to one split (``source`` -> ``augmented``)."""
     text_columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
-    src = list(zip(*(source[col] for col in text_columns)))
+    src = dict(enumerate(zip(*(source[col] for col in text_columns))))
     out = list(zip(*(augmented[col] for col in text_columns)))
-    flags, index = augmented[IS_AUGMENTED], augmented[SOURCE_INDEX]
+    return _counts(src, out, augmented[IS_AUGMENTED], augmented[SOURCE_INDEX], copies, seconds)
+
+
+def _counts(src: dict, out: list, flags, index, copies: int, seconds: float = 0.0) -> AugmentSummary:
+    """Counts of the output rows ``out`` (text tuples, with their ``is_augmented`` flags and ``source_index``)
+    made from the source rows ``src`` ({index: text tuple}); every output row of a source row must be in ``out``."""
     changed = duplicates = 0
     seen: dict[int, set] = {}
     for texts, is_aug, i in zip(out, flags, index):
@@ -302,9 +381,9 @@ def summarize(source, augmented, text_columns, copies: int, seconds: float = 0.0
         duplicates += texts in known
         known.add(texts)
     n_aug = sum(flags)
-    non_text = sum(not isinstance(v, str) for row in src for v in row)
-    return AugmentSummary(len(source), len(augmented), n_aug, changed, duplicates,
-                          len(source) * copies - n_aug, non_text, seconds, len(source) - len(set(index)))
+    non_text = sum(not isinstance(v, str) for row in src.values() for v in row)
+    return AugmentSummary(len(src), len(out), n_aug, changed, duplicates,
+                          len(src) * copies - n_aug, non_text, seconds, len(src) - len(set(index)))
 
 
 def split_by_source(dataset, test_size: float = 0.1, seed: int = 0):

@@ -77,7 +77,8 @@ EXAMPLES = {
   hf-expand verify ./base ./grown --tolerance 1e-5 --probe-text 'The capital of France is'""",
     "recipes": """examples:
   hf-expand recipes ls
-  hf-expand recipes cp llama-pro my-llama-pro.yaml && hf-expand run my-llama-pro.yaml --dry-run""",
+  hf-expand recipes cp llama-pro my-llama-pro.yaml && hf-expand run my-llama-pro.yaml --dry-run
+  hf-expand recipes schema --out recipe.schema.json   # then, atop a recipe: # yaml-language-server: $schema=recipe.schema.json""",
     "env": """examples:
   hf-expand env        # paste the output into a bug report""",
     "completion": """examples:
@@ -330,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("name", help="a shipped recipe's name (see `hf-expand recipes ls`)")
     cp.add_argument("dest", nargs="?", help="file or existing folder to copy to (default: ./NAME.yaml)")
     cp.add_argument("--overwrite", action="store_true", help="replace an existing destination file")
+    sc = rcs.add_parser("schema", parents=[common], help="print the recipe schema as JSON Schema (for editors)")
+    sc.add_argument("--out", metavar="FILE", help="write it to FILE instead of printing it")
+    sc.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
 
     sub.add_parser("env", help="print versions and the machine for a bug report (no token is ever printed)",
                    description="Versions of hf-expand, Python, torch (and its accelerators) and the Hugging Face "
@@ -710,6 +714,24 @@ def cmd_recipes(args) -> int:
 
     from .recipe import shipped_recipes
 
+    if args.recipes_command == "schema":
+        from .recipe import json_schema
+
+        text = json.dumps(json_schema(), indent=2) + "\n"
+        if args.out is None:
+            print(text, end="")
+            return 0
+        dest = Path(args.out)
+        if dest.is_dir() or (dest.exists() and not args.overwrite):
+            raise HfExpandError(f"{dest} exists; choose another file or pass --overwrite to replace it"
+                                if not dest.is_dir() else f"{dest} is a folder; give a file name")
+        if not dest.parent.is_dir():
+            raise HfExpandError(f"{dest.parent} is not a folder; create it first or choose another file")
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(dest)  # all or nothing
+        print(f"wrote the recipe JSON Schema to {dest}")
+        return 0
     shipped = shipped_recipes()
     if args.recipes_command == "ls":
         for name, path in shipped.items():

@@ -14,7 +14,7 @@ flag has, from the same source: ``checks`` (seeds, tolerance, push repo), the tr
 from __future__ import annotations
 
 import copy
-import dataclasses
+import functools
 from pathlib import Path
 
 import yaml
@@ -37,7 +37,8 @@ SCHEMA = {
                  "max_length": int, "seed": int},
     "push": {"repo": str, "private": bool},
 }
-REQUIRED = {("model", "id"), ("data", "source")}
+REQUIRED = {("model", "id"), ("data", "source")}  # (section, key): required when the section is given
+REQUIRED_SECTIONS = {"model"}
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; more is not a recipe
 MAX_DEPTH = 32  # nesting of mappings/lists (recipes need ~5; deeper input overflowed PyYAML's recursion)
 
@@ -75,29 +76,115 @@ def parse_yaml(text: str):
         loader.dispose()
 
 
+def _field_type(t):
+    """The pydantic type of one schema entry: strict (``"5"`` is not an int, ``true`` not a number), a float key
+    takes any number, and ``null`` is accepted everywhere (it means the key's default; required keys are checked
+    again once nulls are dropped)."""
+    from typing import Optional
+
+    from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
+
+    if isinstance(t, dict):
+        return _section_model(t)
+    strict = {str: StrictStr, int: StrictInt, bool: StrictBool, list: list}
+    if t is float or isinstance(t, tuple):
+        return Optional[StrictInt | StrictFloat]
+    return Optional[strict[t]]
+
+
+def _section_model(schema: dict, name: str):
+    """One section (``train:``...) as a model: its keys optional but for the :data:`REQUIRED` ones."""
+    from pydantic import ConfigDict, create_model
+
+    fields = {key: (_field_type(t), ... if (name, key) in REQUIRED else None) for key, t in schema.items()}
+    return create_model(name, __config__=ConfigDict(extra="forbid", strict=True), **fields)
+
+
+@functools.lru_cache(maxsize=1)
+def recipe_model():
+    """The recipe schema (:data:`SCHEMA`) as a pydantic model: each section a model that forbids unknown keys;
+    built from the schema data, so the recipe keys stay in one place."""
+    from typing import Optional
+
+    from pydantic import ConfigDict, create_model
+
+    sections = {}
+    for key, t in SCHEMA.items():
+        if not isinstance(t, dict):
+            sections[key] = (_field_type(t), None)
+        elif key in REQUIRED_SECTIONS:
+            sections[key] = (_section_model(t, key), ...)
+        else:
+            sections[key] = (Optional[_section_model(t, key)], None)
+    return create_model("Recipe", __config__=ConfigDict(extra="forbid", strict=True), **sections)
+
+
+def json_schema() -> dict:
+    """The recipe schema as JSON Schema, for editors (``hf-expand recipes schema``; the yaml-language-server reads
+    it from a ``# yaml-language-server: $schema=...`` line)."""
+    from .train.args import settings
+
+    schema = recipe_model().model_json_schema()
+    train = schema["$defs"]["train"]["properties"]
+    for setting in settings():  # the training keys say what `hf-expand train --help` says
+        key = (setting.recipe or "").removeprefix("train.")
+        if key in train:
+            train[key]["description"] = " ".join(setting.help.split())
+            if setting.choices:
+                train[key]["anyOf"][0]["enum"] = list(setting.choices)
+    operations = schema["$defs"]["grow"]["properties"]["operations"]
+    operations["description"] = ("growth operations in order, each {name: {parameters}} or {op: name, ...}; "
+                                 f"names: {', '.join(REGISTRY)}")
+    schema["title"] = "hf-expand recipe"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
 def _type_name(t) -> str:
-    if isinstance(t, tuple):
-        return "number"
+    if isinstance(t, tuple) or t is float:
+        return "number" if isinstance(t, tuple) else "float"
     return "mapping" if isinstance(t, dict) else t.__name__
 
 
-def validate(recipe, schema=SCHEMA, path: str = "") -> None:
+def validate(recipe, schema=None, path: str = "") -> None:
+    """Check ``recipe`` against the pydantic model of :data:`SCHEMA`; the first problem becomes one line
+    ``recipe: <key path>: <problem>``."""
+    from pydantic import ValidationError
+
     if not isinstance(recipe, dict):
         raise HfExpandError(f"recipe{': ' + path if path else ''}: expected a mapping, found {type(recipe).__name__}")
-    for key, value in recipe.items():
-        where = f"{path}.{key}" if path else str(key)
-        if key not in schema:
-            raise HfExpandError(f"recipe: {where}: unknown key; expected one of {', '.join(schema)}")
-        want = schema[key]
-        if isinstance(want, dict):
-            validate(value, want, where)
-        elif value is not None and (not isinstance(value, want) or (want is not bool and isinstance(value, bool))):
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                continue
-            raise HfExpandError(f"recipe: {where}: expected {_type_name(want)}, found {type(value).__name__} {value!r}")
-    for section, key in REQUIRED:
-        if (path == "" and section == "model" and section not in recipe) or (path == section and key not in recipe):
-            raise HfExpandError(f"recipe: {section}.{key}: required")
+    try:
+        recipe_model().model_validate(recipe)
+    except ValidationError as exc:
+        raise HfExpandError(_problem(exc.errors()[0], recipe)) from None
+
+
+def _problem(error: dict, recipe: dict) -> str:
+    """A pydantic error as the line recipes print: the key's path, and what was expected and found."""
+    loc = [part for part in error["loc"] if not _is_union_branch(part)]
+    where = ".".join(str(p) for p in loc)
+    node, schema = recipe, SCHEMA
+    for part in loc[:-1]:
+        node, schema = (node or {}).get(part), schema.get(part) if isinstance(schema, dict) else None
+    key = loc[-1] if loc else None
+    kind = error["type"]
+    if kind in ("extra_forbidden", "invalid_key"):
+        return f"recipe: {where}: unknown key; expected one of {', '.join(schema or {})}"
+    if kind == "missing":
+        if key in REQUIRED_SECTIONS:  # name the key the section must hold
+            where += "." + next(k for s, k in sorted(REQUIRED) if s == key)
+        return f"recipe: {where}: required"
+    value = error.get("input")
+    want = schema.get(key) if isinstance(schema, dict) else None
+    if isinstance(want, dict) or kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"recipe: {where}: expected a mapping, found {type(value).__name__}"
+    return f"recipe: {where}: expected {_type_name(want) if want else 'another type'}, found {type(value).__name__} {value!r}"
+
+
+def _is_union_branch(part) -> bool:
+    """pydantic names the branch of a union in ``loc`` (``int``, ``float``, ``list[any]``): not a key."""
+    return isinstance(part, str) and (part in ("int", "float", "str", "bool", "list[any]", "none")
+                                      or part.startswith(("function-", "nullable[")))
 
 
 def operations(recipe: dict) -> list:
@@ -188,22 +275,15 @@ DEFAULT_RECIPE = "quickstart"
 
 
 def shipped_recipes() -> dict[str, Path]:
-    """Recipes shipped with hf_expand, by name: ``recipes/`` of a source checkout (editable install), else
-    the copy a wheel installs under ``<data>/share/hf-expand/recipes`` (the install scheme's data folder:
-    the environment's prefix, ``~/.local`` for ``--user``, ``/usr/local`` for Debian's pip)."""
-    import site
-    import sys
-    import sysconfig
+    """Recipes shipped with hf_expand, by name, read through ``importlib.resources`` (``hf_expand/recipes``: in a
+    checkout a link to the top-level ``recipes/``, in a wheel a folder of the package)."""
+    from importlib.resources import files
 
-    checkout = Path(__file__).resolve().parents[1]
-    folders = [checkout / "recipes"] if (checkout / "pyproject.toml").is_file() else []
-    roots = [sysconfig.get_path("data"), sys.prefix, site.getuserbase(), "/usr/local"]
-    folders += [Path(root) / "share" / "hf-expand" / "recipes" for root in roots if root]
-    for folder in folders:
-        found = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
-        if found:
-            return {p.stem: p for p in found}
-    return {}
+    folder = files("hf_expand") / "recipes"
+    if not folder.is_dir():
+        return {}
+    found = sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return {p.stem: p for p in found}
 
 
 def find_recipe(name_or_path: str | None) -> Path:

@@ -1,5 +1,5 @@
 """The model card (README.md) of every folder hf_expand writes: lineage in the front matter, the evidence
-in the body. Built from the growth record (``record.RECORD_FILE``) and the model config only, so it
+in the body (``templates/model_card.md``, filled by ``ModelCard.from_template``). Built from the growth record (``record.RECORD_FILE``) and the model config only, so it
 can be rebuilt at any time (``hf-expand push`` refreshes it)."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from .lineage import is_hub_id, is_repo_id, public_source
 from .record import RECORD_FILE, parent_repo, read_record  # noqa: F401  (parent_repo, RECORD_FILE: re-exported)
 from .record import evaluation as evaluation_section
 from .record import training as training_section
+
+TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"  # the card's body, a Jinja template
 
 # architecture suffix -> (pipeline tag, the Auto class that loads it)
 HEADS = (("ForCausalLM", "text-generation", "AutoModelForCausalLM"), ("ForMaskedLM", "fill-mask", "AutoModelForMaskedLM"),
@@ -117,83 +119,74 @@ def build_card(folder: str | Path, repo_id: str | None = None, name: str | None 
         library_name="transformers", pipeline_tag=task, license=record.get("license"),
         datasets=data_sources or None, model_name=name if eval_results else None, eval_results=eval_results or None,
     )
-    lines = [f"# {name}", ""]
     origin = parent or public_source(record.get("source")) or "an unknown base"
     v = record.get("verification") or {}
     preserving = v.get("function_preserving", True)
     against = "the base" if v.get("compared_with", "base") == "base" else v["compared_with"]
-    lines.append(f"Grown from [`{origin}`](https://huggingface.co/{origin})" if parent else f"Grown from `{origin}`")
+    intro = [f"Grown from [`{origin}`](https://huggingface.co/{origin})" if parent else f"Grown from `{origin}`"]
     if preserving:
-        lines += ["with hf_expand (function-preserving growth: at the moment of growth the model's",
-                  "outputs equal the base model's, measured below).", ""]
+        intro += ["with hf_expand (function-preserving growth: at the moment of growth the model's",
+                  "outputs equal the base model's, measured below)."]
     else:
         changed = ", ".join(f"`{d['op']}` changed the outputs by {_fmt(d['max_abs_diff'])}"
                             for d in v.get("recorded_differences") or [])
-        lines += [f"with hf_expand. **Not function-preserving**: {changed} (recorded, not enforced; by design,",
-                  "continued training is expected to recover the base model's quality).", ""]
-    if ops:
-        lines += ["## Growth", "", "| operation | change | parameters before | parameters after | max abs diff (fp32) |",
-                  "| --- | --- | ---: | ---: | ---: |"]
-        lines += [f"| {o['op']} | {o['summary']} | {o['params_before']:,} | {o['params_after']:,} | "
-                  f"{_fmt(o['max_abs_diff'])}{'' if o.get('preserving', True) else ' (recorded, not preserving)'} |"
-                  for o in ops]
-        lines += ["", "## Preservation evidence", "",
-                  f"- Reloaded from disk with stock `transformers` and compared with {against} on probe inputs "
-                  f"({record.get('probes') or 'random ids'}): max |difference| = {_fmt(v.get('reloaded_max_abs_diff'))} "
-                  f"(tolerance {_fmt(record.get('tolerance'))}, dtype {record.get('dtype', 'float32')}).",
-                  *_certificate_lines(v.get("certificate")),
-                  *([f"- The architecture layout of `{record.get('model_type', 'this model')}` was inferred from "
-                     f"transformers (no hand-written data for it): the comparison above is what vouches for it."]
-                    if record.get("layout") == "inferred" else []),
-                  f"- New tensor slices recorded: {len(record.get('new_slices') or {})} tensors "
-                  f"(`{RECORD_FILE}`, `new_slices`).", ""]
+        intro += [f"with hf_expand. **Not function-preserving**: {changed} (recorded, not enforced; by design,",
+                  "continued training is expected to recover the base model's quality)."]
+    growth_rows = [f"| {o['op']} | {o['summary']} | {o['params_before']:,} | {o['params_after']:,} | "
+                   f"{_fmt(o['max_abs_diff'])}{'' if o.get('preserving', True) else ' (recorded, not preserving)'} |"
+                   for o in ops]
+    evidence = [f"Reloaded from disk with stock `transformers` and compared with {against} on probe inputs "
+                f"({record.get('probes') or 'random ids'}): max |difference| = {_fmt(v.get('reloaded_max_abs_diff'))} "
+                f"(tolerance {_fmt(record.get('tolerance'))}, dtype {record.get('dtype', 'float32')}).",
+                *[line[2:] for line in _certificate_lines(v.get("certificate"))],
+                *([f"The architecture layout of `{record.get('model_type', 'this model')}` was inferred from "
+                   f"transformers (no hand-written data for it): the comparison above is what vouches for it."]
+                  if record.get("layout") == "inferred" else []),
+                f"New tensor slices recorded: {len(record.get('new_slices') or {})} tensors "
+                f"(`{RECORD_FILE}`, `new_slices`)."]
     aug = record.get("augmentation") or training.get("augmentation")
-    lines += ["## Augmentation", "", f"{aug}" if aug else "No augmentation recorded.", ""]
+    metrics = None
     if training:
         hp = training.get("hyperparameters") or {}
-        lines += ["## Training", "",
-                  f"- Policy `{training.get('policy')}` ({training.get('plan', '')}), task {training.get('task')}, "
-                  f"{training.get('steps')} steps on {training.get('processes', 1)} process(es).",
-                  f"- Learning rate {hp.get('lr')}" + (f" (new capacity {hp['new_lr']})" if hp.get("new_lr") else "")
-                  + f", batch size {hp.get('batch_size')}, weight decay {hp.get('weight_decay')}, seed {hp.get('seed')}.",
-                  f"- Loss {_fmt(training.get('first_loss'))} -> {_fmt(training.get('final_loss'))}.", ""]
+        trained = [f"- Policy `{training.get('policy')}` ({training.get('plan', '')}), task {training.get('task')}, "
+                   f"{training.get('steps')} steps on {training.get('processes', 1)} process(es).",
+                   f"- Learning rate {hp.get('lr')}" + (f" (new capacity {hp['new_lr']})" if hp.get("new_lr") else "")
+                   + f", batch size {hp.get('batch_size')}, weight decay {hp.get('weight_decay')}, seed {hp.get('seed')}.",
+                   f"- Loss {_fmt(training.get('first_loss'))} -> {_fmt(training.get('final_loss'))}."]
         rows = [] if evaluation.get("metrics") else _metrics_rows(training)  # the held-out table below supersedes
         if rows:
             m = training.get("metrics") or {}
-            where = (f"Held-out data: {_dataset_words(m['dataset'])}." if m.get("held_out") and m.get("dataset") else
-                     f"Training-set figures ({m.get('on') or 'rows of the training data'}), not an evaluation: "
-                     f"no held-out data was given to training.")
-            lines += ["## Evaluation" if m.get("held_out") else "## Training-set metrics", "", where, "", *rows, ""]
-        if (folder / "training_curve.png").is_file():
-            lines += ["![training curve: training loss per step, eval metrics on the right axis](training_curve.png)", ""]
+            metrics = {"heading": "## Evaluation" if m.get("held_out") else "## Training-set metrics", "rows": rows,
+                       "where": (f"Held-out data: {_dataset_words(m['dataset'])}." if m.get("held_out") and m.get("dataset")
+                                 else f"Training-set figures ({m.get('on') or 'rows of the training data'}), not an "
+                                      f"evaluation: no held-out data was given to training.")}
     else:
-        lines += ["## Training", "", ("Not trained after growth: the new capacity is initialised so that outputs are "
-                  "unchanged; train it with `hf-expand train`." if preserving else
-                  "Not trained after growth: the outputs differ from the base model's (see above); continue training "
-                  "with `hf-expand train --trainable all`."), ""]
+        trained = ["Not trained after growth: the new capacity is initialised so that outputs are unchanged; train it "
+                   "with `hf-expand train`." if preserving else
+                   "Not trained after growth: the outputs differ from the base model's (see above); continue training "
+                   "with `hf-expand train --trainable all`."]
+    held_out = None
     if evaluation.get("metrics"):
         names = list(evaluation["metrics"])
-        keys = sorted({k for m in evaluation["metrics"].values() for k in m})
         fresh = set(evaluation.get("fresh_head") or [])
-        lines += ["## Held-out evaluation", "",
-                  f"{evaluation.get('rows')} rows of "
-                  + (_dataset_words(evaluation["dataset"]) if evaluation.get("dataset") else str(evaluation.get("data")))
-                  + f" (inputs cut at {evaluation.get('max_length', 128)} tokens)"
-                  + (f"; {', '.join(sorted(fresh))}: the same seeded untrained classification head" if fresh else "") + ".", "",
-                  "| metric | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names),
-                  *[f"| {k} | " + " | ".join(_fmt(evaluation["metrics"][n].get(k)) for n in names) + " |" for k in keys], ""]
-        lines += [f"Not evaluated: {n} ({why})." for n, why in (evaluation.get("skipped") or {}).items()]
-        lines += [""] if evaluation.get("skipped") else []
-    auto = _head(config)[1]
-    lines += ["## How to load", "", "```python", f"from transformers import {auto}, AutoTokenizer", "",
-              f'model = {auto}.from_pretrained("{name}")', f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
-              "```", "", "No custom code and no hf_expand needed.", ""]
-    if (folder / "recipe.yaml").is_file():
-        lines += ["## Recipe", "", "```yaml", (folder / "recipe.yaml").read_text().rstrip(), "```", ""]
-    commands = list(dict.fromkeys(c for c in (record.get("command"), training.get("command")) if c))
-    if commands:
-        lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+        held_out = {
+            "names": names,
+            "intro": f"{evaluation.get('rows')} rows of "
+                     + (_dataset_words(evaluation["dataset"]) if evaluation.get("dataset") else str(evaluation.get("data")))
+                     + f" (inputs cut at {evaluation.get('max_length', 128)} tokens)"
+                     + (f"; {', '.join(sorted(fresh))}: the same seeded untrained classification head" if fresh else "")
+                     + ".",
+            "rows": [f"| {k} | " + " | ".join(_fmt(evaluation["metrics"][n].get(k)) for n in names) + " |"
+                     for k in sorted({k for m in evaluation["metrics"].values() for k in m})],
+            "skipped": [f"{n} ({why})" for n, why in (evaluation.get("skipped") or {}).items()],
+        }
+    recipe = (folder / "recipe.yaml").read_text().rstrip() if (folder / "recipe.yaml").is_file() else None
+    return ModelCard.from_template(
+        data, template_path=str(TEMPLATE), name=name, intro="\n".join(intro), growth_rows=growth_rows,
+        evidence=evidence, augmentation=aug or "No augmentation recorded.", training=trained, metrics=metrics,
+        curve=bool(training) and (folder / "training_curve.png").is_file(), held_out=held_out,
+        auto=_head(config)[1], recipe=recipe,
+        commands=list(dict.fromkeys(c for c in (record.get("command"), training.get("command")) if c)))
 
 
 def write_card(folder: str | Path, repo_id: str | None = None, name: str | None = None) -> Path:

@@ -83,3 +83,21 @@ def test_card_carries_the_augmentation_summary(base, tmp_path):
                  "--max-steps", "2", "-q"]) == 0
     text = ModelCard.load(tmp_path / "t" / "README.md").text
     assert "random_swap:max=10,min=1,p=0.2" in text and "rows in 48, rows out 96" in text
+
+
+def test_card_body_is_the_jinja_template(base, tmp_path, monkeypatch):
+    """The body comes from ``templates/model_card.md`` through ``ModelCard.from_template``: an edited template
+    changes the card, and the shipped one leaves no Jinja syntax unrendered."""
+    import hf_expand.card as card_module
+
+    out = tmp_path / "grown"
+    grow_checkpoint(str(base), out, [AddLayers(count=1)], progress=False)
+    text = str(build_card(out))
+    assert "{{" not in text and "{%" not in text and text.startswith("---\n")
+    assert "\n\n\n" not in text  # the template's whitespace control leaves no empty runs
+    custom = tmp_path / "card.md"
+    custom.write_text(card_module.TEMPLATE.read_text().replace("## How to load", "## Loading it"))
+    monkeypatch.setattr(card_module, "TEMPLATE", custom)
+    edited = str(build_card(out))
+    assert "## Loading it" in edited and "## How to load" not in edited
+    assert edited.replace("## Loading it", "## How to load") == text

@@ -329,6 +329,7 @@ def test_wheel_ships_the_recipes(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {Path(n).name for n in names if n.startswith("hf_expand/recipes/")} == {p.name for p in RECIPES}
     assert any(n.endswith("metric_modules/accuracy/accuracy.py") for n in names)
+    assert "hf_expand/templates/model_card.md" in names  # the card body
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -37,12 +37,7 @@ def load_data(source: str, config: str | None = None, revision: str | None = Non
         raise HfExpandError(f"{path} is a folder but not a datasets save_to_disk folder; give a "
                             f"{'/'.join(e[1:] for e in FILE_BUILDERS)} file or a save_to_disk folder")
     if path.is_file():
-        builder = FILE_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise HfExpandError(f"cannot read {path}: unknown extension {path.suffix!r}; "
-                                f"use one of {', '.join(FILE_BUILDERS)}")
-        if path.stat().st_size == 0:
-            raise HfExpandError(f"{path} is empty; nothing to augment")
+        builder = _file_builder(path)
         level = datasets.logging.get_verbosity()
         datasets.logging.set_verbosity_error()  # datasets logs read failures before raising; we say it once
         try:
@@ -73,12 +68,7 @@ def _stream(load, source: str, config, revision):
             return datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in data.items()})
         return data.to_iterable_dataset()
     if path.is_file():
-        builder = FILE_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise HfExpandError(f"cannot read {path}: unknown extension {path.suffix!r}; "
-                                f"use one of {', '.join(FILE_BUILDERS)}")
-        if path.stat().st_size == 0:
-            raise HfExpandError(f"{path} is empty; nothing to augment")
+        builder = _file_builder(path)
         if config is not None or revision is not None:
             load(source, config, revision)  # raises the local-data message
         return datasets.load_dataset(builder, data_files=str(path), streaming=True)
@@ -134,6 +124,16 @@ def save_stream(data, folder: Path, fmt: str, batch_size: int = 1000, progress: 
             pq.write_table(schema.empty_table(), str(target))
         rows[name] = count
     return rows
+
+
+def _file_builder(path: Path) -> str:
+    """The ``load_dataset`` builder of a local data file, refusing unknown extensions and empty files."""
+    builder = FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise HfExpandError(f"cannot read {path}: unknown extension {path.suffix!r}; use one of {', '.join(FILE_BUILDERS)}")
+    if path.stat().st_size == 0:
+        raise HfExpandError(f"{path} is empty; nothing to augment")
+    return builder
 
 
 def check_source(source: str) -> None:

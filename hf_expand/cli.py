@@ -50,7 +50,9 @@ EXAMPLES = {
   hf-expand grow meta-llama/Llama-3.2-1B --out out/llama-pro --add-layers 4            # LLaMA Pro, interleaved
   hf-expand grow ./my-model --out out/wide --widen-ffn 1.5 --add-layers 2 --dry-run   # plan and memory, no weights
   hf-expand grow mistralai/Mistral-7B-v0.1 --out out/solar --depth-upscale 8          # SOLAR (difference recorded)
-  hf-expand grow ./classifier --out out/more-labels --add-labels spam,phishing""",
+  hf-expand grow ./classifier --out out/more-labels --add-labels spam,phishing
+  hf-expand grow meta-llama/Llama-3.2-1B --out out/moe --upcycle-experts 8 --top-k 2   # dense -> Mixtral, exact
+  hf-expand grow Qwen/Qwen2.5-0.5B --out out/moe --upcycle-experts 4 --moe-layers every-other --moe-route shared""",
     "augment": """examples:
   hf-expand augment train.csv --out data/train-aug --text-column text --augment synonym:p=0.3 --copies 2
   hf-expand augment nyu-mll/glue --data-config sst2 --out data/sst2-aug --text-column sentence --format parquet""",
@@ -212,6 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "dropped by decode(skip_special_tokens=True)")
     g.add_argument("--new-token-output", choices=["pieces", "mean"],
                    help="output rows of new tokens: mean of their pieces (default) or of all rows (keeps their probability near zero)")
+    u = g.add_argument_group("mixture of experts (upcycle a dense model)")
+    u.add_argument("--upcycle-experts", type=_number, metavar="E",
+                   help="turn each MLP into E experts (>= 2) and a router: llama/mistral -> mixtral, qwen2 -> qwen2_moe, "
+                        "qwen3 -> qwen3_moe; exact with --upcycle-init copy")
+    u.add_argument("--top-k", type=_number, metavar="K", help="with --upcycle-experts: experts per token (default 2)")
+    u.add_argument("--moe-family", choices=["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"],
+                   help="with --upcycle-experts: the MoE family to write (default: the model's counterpart; "
+                        "deepseek_v3: DeepSeek-V3 routing (selection bias, routed scaling) as stock glm4_moe, from llama)")
+    u.add_argument("--moe-layers", metavar="all|every-other|I,J,A-B",
+                   help="with --upcycle-experts: which layers become MoE (default all; a subset needs qwen2_moe / "
+                        "qwen3_moe, or deepseek_v3 for the last layers)")
+    u.add_argument("--moe-route", choices=["renormalise", "shared"],
+                   help="qwen2_moe: exact through renormalised top-k (default) or through the shared expert (the "
+                        "dense MLP behind a zero gate; routed experts start at zero)")
+    u.add_argument("--upcycle-init", metavar="copy|drop:r=R|noise:std=S",
+                   help="experts as identical copies (copy, default, exact), Drop-Upcycling (drop:r=0.5: each expert "
+                        "re-draws a share R of its units) or noise (noise:std=0.01); the last two are NOT "
+                        "function-preserving: their difference is recorded")
     g.add_argument("--seed", type=int, default=0, help="seed for new weights (per tensor name)")
     g.add_argument("--tolerance", type=float, help="max allowed |base - grown| on probe inputs (default by dtype: fp32 1e-4, fp16 1e-2, bf16 5e-2)")
     g.add_argument("--probe-text", action="append", default=[], metavar="TEXT", help="extra probe text (repeatable)")
@@ -413,10 +433,30 @@ def _operations(args) -> list:
         raise HfExpandError(f"{flag} applies to --add-tokens / --add-tokens-file; add one or drop the flag")
     if args.init != "zero" and not any(op.name == "widen_ffn" for op in ops):
         raise HfExpandError("--init applies to FFN widening; add --widen-ffn F or --ffn-size N")
+    moe = {"top_k": args.top_k, "family": args.moe_family, "layers": args.moe_layers, "route": args.moe_route,
+           "init": args.upcycle_init}
+    if args.upcycle_experts is not None:
+        from .ops.upcycle import Upcycle
+
+        if ops:
+            raise HfExpandError("--upcycle-experts runs on its own: grow the dense model first, then upcycle the grown "
+                                "folder")
+        whole = {"experts": args.upcycle_experts, "top_k": args.top_k}
+        for flag, value in whole.items():
+            if value is not None and not float(value).is_integer():
+                raise HfExpandError(f"--{flag.replace('_', '-') if flag == 'top_k' else 'upcycle-experts'} must be a "
+                                    f"whole number, got {value:g}")
+        ops.append(Upcycle(**{"experts": int(args.upcycle_experts),
+                              **{k: (int(v) if k == "top_k" else v) for k, v in moe.items() if v is not None}}))
+    elif any(v is not None for v in moe.values()):
+        flag = next(f"--{k.replace('_', '-')}" for k, v in moe.items() if v is not None)
+        flag = {"--family": "--moe-family", "--layers": "--moe-layers", "--route": "--moe-route",
+                "--init": "--upcycle-init"}.get(flag, flag)
+        raise HfExpandError(f"{flag} applies to --upcycle-experts E; add it or drop the flag")
     if not ops:
         raise HfExpandError(
             "nothing to grow: pass one or more of --widen-ffn F, --ffn-size N, --add-layers N, --depth-upscale M, --widen-hidden K, "
-            "--add-heads N, --add-labels A,B, --add-tokens T1,T2 / --add-tokens-file FILE"
+            "--add-heads N, --add-labels A,B, --add-tokens T1,T2 / --add-tokens-file FILE, or --upcycle-experts E"
         )
     return ops
 
@@ -478,10 +518,11 @@ def _prediction_lines(config, plans, args) -> list[str]:
     from .streamed import check_disk, meta_model, predict, render_prediction
 
     limit = parse_size(args.max_shard_size)
-    cls = model_class_for(auto_class_for(config), config)
+    auto = auto_class_for(config)
     dtype = source_dtype(config)
     grown_config = plans[-1].new_config if plans else config
-    p = predict(meta_model(cls, config), meta_model(cls, grown_config), plans, dtype, limit)
+    p = predict(meta_model(model_class_for(auto, config), config),
+                meta_model(model_class_for(auto, grown_config), grown_config), plans, dtype, limit)
     lines = render_prediction(p, args.out)
     if args.out:
         try:

@@ -12,8 +12,8 @@ from typing import Callable
 
 import torch
 
-from .execute import run_step
-from .plan import Fill, Plan, TensorStep
+from .execute import read_sources, run_step
+from .plan import Plan, TensorStep
 
 
 class Chain:
@@ -39,13 +39,7 @@ class Chain:
         if level == 0:
             return self.base_get(name).float()
         step = self.step(name, level)
-        if step.actions and isinstance(step.actions[0], Fill):  # the source's values are not used: not read
-            return run_step(step, torch.empty(step.shape_before, dtype=torch.float32), self.seed)
-        source = self.get(step.source, level - 1)
-        if tuple(source.shape) != tuple(step.shape_before):
-            raise ValueError(f"{step.source}: plan expected shape {step.shape_before}, the checkpoint has "
-                             f"{tuple(source.shape)}")
-        return run_step(step, source, self.seed)
+        return run_step(step, read_sources(step, lambda n: self.get(n, level - 1)), self.seed)
 
     def base_name(self, name: str, level: int | None = None) -> str | None:
         """The base tensor ``name`` is an unchanged copy of (no action anywhere along its chain), else None.

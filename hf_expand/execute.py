@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from .plan import Fill, Grow, Plan, Remap, Scale, SetRows, TensorStep
+from .plan import Experts, Fill, Fresh, Grow, Plan, Remap, Scale, SetRows, TensorStep
 
 # Net2Net split: a small noise that moves weight between a unit and its copy (added to one, subtracted
 # from the other) so their sum, hence the function, is unchanged while the copies can diverge in training.
@@ -117,10 +117,55 @@ def _set_rows(t: torch.Tensor, a: SetRows) -> torch.Tensor:
     return out.narrow(axis, 0, a.size)
 
 
+def _unit_subset(seed: int, scope: str, expert: int, units: int, rate: float) -> torch.Tensor:
+    """Drop-Upcycling: which ``round(rate * units)`` units (at least one) expert ``expert`` of the FFN ``scope``
+    re-draws; the same for every tensor of that FFN, different per expert."""
+    k = max(1, round(rate * units))
+    return torch.randperm(units, generator=generator_for(seed, f"drop:{scope}:{expert}"))[:k]
+
+
+def _experts(t: torch.Tensor, a: Experts, seed: int, key: str) -> torch.Tensor:
+    out = t.unsqueeze(0).repeat(a.count, *([1] * t.ndim))
+    std = t.float().std().item() if t.numel() > 1 else 0.02
+    std = std if std > 0 else 0.02
+    if a.init == "noise":
+        return out + torch.randn(out.shape, generator=generator_for(seed, key)).mul_(a.rate * std).to(t.dtype)
+    if a.init == "drop":
+        axis = a.unit_axis % t.ndim
+        per_part = t.shape[axis] // a.parts
+        for e in range(a.count):
+            units = _unit_subset(seed, a.scope, e, per_part, a.rate)
+            rows = torch.cat([units + k * per_part for k in range(a.parts)])
+            expert = out[e]
+            shape = list(expert.shape)
+            shape[axis] = len(rows)
+            fresh = torch.randn(shape, generator=generator_for(seed, f"{key}#{e}")).mul_(std).to(t.dtype)
+            out[e] = expert.index_copy(axis, rows, fresh)
+        return out
+    return out
+
+
+def read_sources(step: TensorStep, get: Callable[[str], torch.Tensor]) -> torch.Tensor:
+    """The tensor ``step`` starts from: its source (with its ``extra_sources`` concatenated on axis 0), checked
+    against the plan's shape; an empty tensor of that shape when the step makes its values from nothing."""
+    if not step.reads_source:
+        return torch.empty(step.shape_before, dtype=torch.float32)
+    parts = [get(name) for name in (step.source, *step.extra_sources)]
+    source = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+    if tuple(source.shape) != tuple(step.shape_before):
+        raise ValueError(f"{' + '.join((step.source, *step.extra_sources))}: plan expected shape {step.shape_before}, "
+                         f"the checkpoint has {tuple(source.shape)}")
+    return source
+
+
 def run_step(step: TensorStep, tensor: torch.Tensor, seed: int) -> torch.Tensor:
     t = tensor
     for k, action in enumerate(step.actions):
-        if isinstance(action, Grow):
+        if isinstance(action, Experts):
+            t = _experts(t, action, seed, f"{step.target}@{k}")
+        elif isinstance(action, Fresh):
+            t = torch.randn(t.shape, generator=generator_for(seed, step.target)).mul_(action.std)
+        elif isinstance(action, Grow):
             t = _grow(t, action, seed, step.target)
         elif isinstance(action, Fill):
             t = torch.full_like(t, action.value)
@@ -140,9 +185,4 @@ def run_step(step: TensorStep, tensor: torch.Tensor, seed: int) -> torch.Tensor:
 def execute(plan: Plan, get: Callable[[str], torch.Tensor], seed: int, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(target, tensor)`` for every step; ``get(name)`` supplies source tensors on demand."""
     for step in tqdm(plan.steps, desc=plan.op, disable=not progress, leave=False):
-        source = get(step.source)
-        if tuple(source.shape) != tuple(step.shape_before):
-            raise ValueError(
-                f"{step.source}: plan expected shape {step.shape_before}, the checkpoint has {tuple(source.shape)}"
-            )
-        yield step.target, run_step(step, source, seed)
+        yield step.target, run_step(step, read_sources(step, get), seed)

@@ -306,7 +306,7 @@ def _grow_in_fp32(model, operations, seed, tolerance, probes, accept_difference,
         plan, = plan_growth(current.config, [op], type(model))
         state = current.state_dict()
         grown_state = dict(execute(plan, state.__getitem__, seed, progress=progress))
-        grown = _build(type(model), plan.new_config, grown_state)
+        grown = _build(_class_after(type(current), plan.new_config), plan.new_config, grown_state)
         _carry_over(current, grown)
         grown_out = outputs(grown, probes)
         if plan.new_outputs is not None and plan.new_outputs[0] < base_out[0].shape[-1]:
@@ -558,7 +558,7 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
     _check_fits(reader, base_meta, src)
     grown_config = plans[-1].new_config if plans else config
     grown_config.dtype = dtype
-    grown_meta = meta_model(base_cls, grown_config)
+    grown_meta = meta_model(model_class_for(cls, grown_config), grown_config)
     layout = output_layout(grown_meta, dtype, setup.max_shard_size)
     check_disk(Path(setup.out), layout.nbytes)
 
@@ -575,7 +575,7 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
             except NonFiniteOutputs as exc:
                 raise NonFiniteOutputs(f"{exc}: growth cannot be verified against it; nothing was written",
                                        exc.where) from None
-            ref_run, ref_level, pending = _references(setup, plans, config, grown_config, base_cls, base_meta,
+            ref_run, ref_level, pending = _references(setup, plans, config, grown_config, cls, base_meta,
                                                       grown_meta, chain, probes, base_run, report)
             writing.wait()
         grown_config.save_pretrained(tmp)
@@ -614,7 +614,7 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
     return report
 
 
-def _references(setup, plans, config, grown_config, base_cls, base_meta, grown_meta, chain, probes, base_run, report):
+def _references(setup, plans, config, grown_config, cls, base_meta, grown_meta, chain, probes, base_run, report):
     """Operation reports, slice records, and the reference the grown model is held to: the base, or the model
     right after the last non-preserving operation (computed on the fly from the composed chain). Returns
     ``(reference run, its plan level, the operation reports still waiting for a measured difference)``."""
@@ -629,7 +629,7 @@ def _references(setup, plans, config, grown_config, base_cls, base_meta, grown_m
     known = {id(config): base_meta.num_parameters(), id(grown_config): grown_meta.num_parameters()}
     for k, plan in enumerate(plans):
         before = plans[k - 1].new_config if k else config
-        counts = [_param_count(c, base_cls, known) for c in (before, plan.new_config)]
+        counts = [_param_count(c, model_class_for(cls, c), known) for c in (before, plan.new_config)]
         op_report = OpReport(plan.op, plan.params, plan.summary, plan.config_updates, *counts,
                              None, list(plan.notes), preserving=plan.preserving)
         report.operations.append(op_report)
@@ -640,7 +640,7 @@ def _references(setup, plans, config, grown_config, base_cls, base_meta, grown_m
         report.modified = compose_slices(report.modified, plan, "modified")
         if plan.preserving:
             continue
-        run = StreamedModel(meta_model(base_cls, plan.new_config), chain.getter(k + 1),
+        run = StreamedModel(meta_model(model_class_for(cls, plan.new_config), plan.new_config), chain.getter(k + 1),
                             f"after {plan.op}").run(probes, setup.progress)
         try:
             diff = max_abs_diff(ref_run.outputs, run.outputs, probes, report.excluded_outputs,
@@ -687,6 +687,14 @@ class Background:
             self._cancel.set()
             self._thread.join()
         return False
+
+
+def _class_after(model_cls, config):
+    """The class of the model after an operation: ``model_cls``, unless the operation changed the family
+    (``upcycle``: Llama -> Mixtral), then the class of the same head for the new config."""
+    if isinstance(config, getattr(model_cls, "config_class", type(None))):
+        return model_cls
+    return model_class_for(auto_class_for(config), config)
 
 
 def model_class_for(cls, config):

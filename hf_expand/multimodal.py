@@ -152,7 +152,8 @@ class TextTower:
                 raise UnsupportedArchitecture(f"{plan.op} changes {n}, which has no place in {self.wrapper_cls.__name__}")
             return target
 
-        steps = [TensorStep(name(s.target), name(s.source), s.shape_before, s.shape_after, s.actions) for s in plan.steps]
+        steps = [TensorStep(name(s.target), name(s.source), s.shape_before, s.shape_after, s.actions,
+                            tuple(name(x) for x in s.extra_sources)) for s in plan.steps]
         steps += [TensorStep(n, n, shape, shape) for n, shape in self.wrapper_params.items() if n not in self.text_names]
         prefix = f"{self.field}."
         return replace(

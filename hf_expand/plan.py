@@ -135,7 +135,41 @@ class SetRows:
             f" {self.offset:+g}" if self.offset else "")
 
 
-Action = Union[Grow, Fill, Remap, Scale, SetRows]
+@dataclass(frozen=True)
+class Fresh:
+    """New values not read from any source: normal(0, ``std``), seeded by the tensor's name (a new router)."""
+
+    std: float
+
+    def describe(self) -> str:
+        return f"new, normal(0, {self.std:g})"
+
+
+EXPERT_INITS = ("copy", "drop", "noise")
+
+
+@dataclass(frozen=True)
+class Experts:
+    """Stack ``count`` copies of the tensor along a new leading experts axis (a dense MLP becomes ``count``
+    experts). ``init``: ``copy`` (identical experts: with top-k weights that sum to one the layer computes the
+    dense MLP exactly); ``drop`` (Drop-Upcycling: in each expert, re-draw a share ``rate`` of the FFN units on
+    ``unit_axis`` (of the tensor before stacking; in each of ``parts`` packed chunks) at the tensor's std, a
+    different seeded subset per expert but the same one for every tensor of that expert's FFN, named by
+    ``scope``); ``noise`` (add normal noise of std ``rate`` x the tensor's std to every expert)."""
+
+    count: int
+    unit_axis: int = 0
+    parts: int = 1
+    init: str = "copy"
+    rate: float = 0.0
+    scope: str = ""
+
+    def describe(self) -> str:
+        how = "identical copies" if self.init == "copy" else f"{self.init} {self.rate:g}"
+        return f"{self.count} experts on a new axis 0 ({how})"
+
+
+Action = Union[Grow, Fill, Remap, Scale, SetRows, Fresh, Experts]
 
 
 @dataclass(frozen=True)
@@ -145,10 +179,18 @@ class TensorStep:
     shape_before: tuple[int, ...]
     shape_after: tuple[int, ...]
     actions: tuple[Action, ...] = ()
+    # read too, and concatenated after ``source`` on axis 0 before the actions (a packed gate_up from gate and
+    # up); ``shape_before`` is the concatenation's shape
+    extra_sources: tuple[str, ...] = ()
 
     @property
     def is_noop(self) -> bool:
         return not self.actions and self.source == self.target
+
+    @property
+    def reads_source(self) -> bool:
+        """False when the first action makes the values from nothing (``Fill``, ``Fresh``): nothing is read."""
+        return not (self.actions and isinstance(self.actions[0], (Fill, Fresh)))
 
 
 @dataclass
@@ -180,7 +222,8 @@ class Plan:
         changed = [s for s in self.steps if not s.is_noop]
         if verbose:
             for s in changed:
-                src = "" if s.source == s.target else f" <- {s.source}"
+                src = "" if s.source == s.target or not s.reads_source else \
+                    f" <- {' + '.join((s.source, *s.extra_sources))}"
                 acts = "; ".join(a.describe() for a in s.actions) or "copy"
                 shape = f"{list(s.shape_before)} -> {list(s.shape_after)}"
                 lines.append(f"  {s.target}{src}  {shape}  {acts}")

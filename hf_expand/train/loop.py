@@ -558,6 +558,7 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
         loss_history, history = logs.get("loss_history", []), logs.get("eval_history", [])
     loop_start, start_step = time.perf_counter(), step
     bad_loss = torch.zeros((), dtype=torch.bool, device=accelerator.device)
+    router = router_loss_kwargs(getattr(accelerator.unwrap_model(model), "config", None))
     while step < total:
         train_dl.set_epoch(epoch)
         skip = (step - epoch * per_epoch) * a.grad_accum
@@ -571,7 +572,7 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                 resume_rng = None
             with accelerator.accumulate(model):
                 with accelerator.autocast():  # a sharded model is not prepared (prepare adds autocast)
-                    loss = model(**batch).loss
+                    loss = model(**batch, **router).loss
                 accelerator.backward(loss)
                 bad_loss |= ~torch.isfinite(loss.detach())
                 if accelerator.sync_gradients:
@@ -641,7 +642,8 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                "training_state_mib": state_bytes / 2**20, "trainable_values": trainable_values,
                "plan": base_plan.summary(), "world_size": accelerator.num_processes,
                "sharding": "fsdp2" if a.fsdp else ("ddp" if accelerator.num_processes > 1 else "none"),
-               "precision": a.mixed_precision}
+               "precision": a.mixed_precision,
+               **({"router_aux_loss_coef": accelerator.unwrap_model(model).config.router_aux_loss_coef} if router else {})}
     full = None
     if a.fsdp:  # every rank gathers the whole model: its checksum below, and rank 0 saves it
         from .sharding import full_state_dict
@@ -796,6 +798,15 @@ def _replace_out(t: RunTarget) -> None:
     t.run_dir = t.out
 
 
+def router_loss_kwargs(config) -> dict:
+    """Forward arguments that add a mixture of experts' load-balancing loss (``router_aux_loss_coef`` x the
+    router's aux loss) to the training loss: the router of an upcycled model must learn to spread tokens.
+    Evaluation leaves it off, so metrics stay comparable with the dense base."""
+    if config is not None and getattr(config, "router_aux_loss_coef", 0) and hasattr(config, "output_router_logits"):
+        return {"output_router_logits": True}
+    return {}
+
+
 def _plain_eval(model, tokenizer, task: str, ds, seed: int) -> dict:
     """Metrics on ``ds`` in this process, with a fresh seeded collator (same MLM masks every time)."""
     from torch.utils.data import DataLoader
@@ -855,6 +866,10 @@ def _growth_metrics(a: TrainArgs, model, tokenizer, record, task, head, ds, acce
         return out
     cls = type(model)
     try:  # fp32, like the grown model: the comparison must not be between two precisions
+        from ..grow import _class_after
+        from ..model_io import load_config
+
+        cls = _class_after(cls, load_config(source))  # upcycle changed the family: the base is a dense model
         base = cls.from_pretrained(source, dtype=torch.float32, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001
         out["base_skipped"] = f"base not loadable as {cls.__name__}: {str(exc).splitlines()[0]}"

@@ -20,7 +20,7 @@ from .errors import HfExpandError, PreservationError, UnsupportedArchitecture  #
 _LAZY = {
     "AddHeads": "ops.add_heads", "AddLabels": "ops.add_labels", "AddLayers": "ops.add_layers",
     "AddTokens": "ops.add_tokens", "DepthUpscale": "ops.depth_upscale", "WidenFFN": "ops.widen_ffn",
-    "WidenHidden": "ops.widen_hidden", "GrowthReport": "grow", "grow_checkpoint": "grow", "grow_model": "grow",
+    "WidenHidden": "ops.widen_hidden", "Upcycle": "ops.upcycle", "GrowthReport": "grow", "grow_checkpoint": "grow", "grow_model": "grow",
     "plan_growth": "grow", "read_record": "grow", "save_grown": "save",
 }
 
@@ -51,6 +51,7 @@ __all__ = [
     "HfExpandError",
     "PreservationError",
     "UnsupportedArchitecture",
+    "Upcycle",
     "WidenFFN",
     "grow_checkpoint",
     "grow_model",

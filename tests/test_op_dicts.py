@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from hf_expand import AddHeads, AddLabels, AddLayers, AddTokens, DepthUpscale, HfExpandError, WidenFFN, WidenHidden
+from hf_expand import (AddHeads, AddLabels, AddLayers, AddTokens, DepthUpscale, HfExpandError, Upcycle, WidenFFN,
+                       WidenHidden)
 from hf_expand.ops import REGISTRY, from_dict
 from hf_expand.recipe import operations
 
@@ -13,7 +14,8 @@ SAMPLES = [
     WidenFFN(factor=1.5), WidenFFN(size=96, init="split"), AddLayers(count=2), AddLayers(count=2, placement=(0, 3)),
     AddLayers(count=1, placement="top", stack="decoder"), DepthUpscale(trim=2), DepthUpscale(ranges="0:3,1:4"),
     AddLabels(("spam", "ham")), AddTokens(("<tool>", "<call>"), output_init="mean"), WidenHidden(factor=2, noise=False),
-    AddHeads(count=2, kv="fixed"),
+    AddHeads(count=2, kv="fixed"), Upcycle(experts=8), Upcycle(experts=4, top_k=1, family="qwen2_moe", layers=(1, 3),
+                                                         route="shared", init="drop:r=0.5"),
 ]
 
 

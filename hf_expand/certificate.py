@@ -115,6 +115,25 @@ def _recorded_or_run(recorded, key, unit, load, free, call, args, kwargs) -> tup
         free(unit, args, None)
 
 
+def _load_stored_buffers(model, get) -> None:
+    """Persistent buffers (DeepSeek-V3's selection bias) take the stored values, as ``from_pretrained`` gives
+    them; one ``get`` does not have keeps the value the model's __init__ computed. They are small: loaded once."""
+    from .errors import HfExpandError
+
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    persistent = set(model.state_dict()) - params
+    for name, buffer in model.named_buffers():
+        if name not in persistent or buffer.device.type == "meta":
+            continue
+        try:
+            value = get(name)
+        except (HfExpandError, KeyError):
+            continue
+        if tuple(value.shape) == tuple(buffer.shape):
+            with torch.no_grad():
+                buffer.copy_(value.to(buffer.dtype))
+
+
 class StreamedModel:
     """A stock transformers model whose weights come from ``get(name)`` one unit at a time (see module doc)."""
 
@@ -133,6 +152,7 @@ class StreamedModel:
         self.num_layers = len(self.blocks)
         self.units = _units(self.model, self.blocks_name)
         self.bar = None
+        _load_stored_buffers(self.model, get)
 
     @contextlib.contextmanager
     def _hooks(self, run: Run, reuse=None):

@@ -38,7 +38,9 @@ class Chain:
         level = len(self.plans) if level is None else level
         if level == 0:
             return self.base_get(name).float()
-        step = self.step(name, level)
+        step = self.levels[level - 1].get(name)
+        if step is None:  # a persistent buffer no plan lists (plans list every parameter): the level below's
+            return self.get(name, level - 1)
         return run_step(step, read_sources(step, lambda n: self.get(n, level - 1)), self.seed)
 
     def base_name(self, name: str, level: int | None = None) -> str | None:

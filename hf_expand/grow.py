@@ -179,12 +179,17 @@ def render_plans(config, plans: list[Plan], verbose: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _build(cls, config, state_dict: dict[str, torch.Tensor]):
-    """Instantiate ``cls`` for ``config`` without random init and load ``state_dict`` into it."""
+def _build(cls, config, state_dict: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor] | None = None):
+    """Instantiate ``cls`` for ``config`` without random init and load ``state_dict`` into it. ``buffers``: the
+    previous model's persistent buffers that no plan step lists (DeepSeek-V3's trained selection bias): kept where
+    the new model has a buffer of that name and shape, instead of the value its __init__ computes."""
     with no_init_weights():
         model = cls(config)
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # as from_pretrained does: tied tensors are one parameter in the grown model too
+    own = dict(model.named_buffers())
+    state_dict = {**{n: v for n, v in (buffers or {}).items() if n in own and own[n].shape == v.shape},
+                  **state_dict}
     result = model.load_state_dict(state_dict, strict=False)
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     missing = [k for k in result.missing_keys if k in params]
@@ -306,7 +311,9 @@ def _grow_in_fp32(model, operations, seed, tolerance, probes, accept_difference,
         plan, = plan_growth(current.config, [op], type(model))
         state = current.state_dict()
         grown_state = dict(execute(plan, state.__getitem__, seed, progress=progress))
-        grown = _build(_class_after(type(current), plan.new_config), plan.new_config, grown_state)
+        params = {n for n, _ in current.named_parameters(remove_duplicate=False)}
+        kept = {n: v for n, v in state.items() if n not in grown_state and n not in params}
+        grown = _build(_class_after(type(current), plan.new_config), plan.new_config, grown_state, kept)
         _carry_over(current, grown)
         grown_out = outputs(grown, probes)
         if plan.new_outputs is not None and plan.new_outputs[0] < base_out[0].shape[-1]:

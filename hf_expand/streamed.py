@@ -161,9 +161,12 @@ def write_grown(folder: Path, layout: Layout, chain, reader, grown_meta, dtype: 
                 and dtype_name(by_name[names[0]].dtype) == disk.dtype:
             yield names[0], copy_bytes(disk.file, disk.offset, disk.nbytes)  # unchanged: bytes as stored
             return
-        if unit in buffers and (not planned or not reader.has(base or unit)):
-            # a buffer no plan lists or the base does not store: the grown model's own, computed from its config
-            # at init, as the in-memory path's rebuilt model has it
+        kept = unit in buffers and not planned and reader.has(unit) and \
+            tuple(reader.get(unit).shape) == tuple(state[unit].shape)
+        if unit in buffers and not kept and (not planned or not reader.has(base or unit)):
+            # a buffer no plan lists and the base does not store (or stores in another shape): the grown model's
+            # own, computed from its config at init, as the in-memory path's rebuilt model has it. One the base
+            # stores (DeepSeek-V3's trained selection bias) passes through below.
             value = state[unit]
             if value.device.type == "meta":
                 raise HfExpandError(f"the grown model's buffer {unit} has no value; please report this")

@@ -18,7 +18,7 @@ from .errors import HfExpandError, PreservationError, UnsupportedArchitecture  #
 # The rest is imported on first use (PEP 562): torch and transformers take seconds to import, and commands
 # that never touch a model (`hf-expand push`, `--help`, refusals of bad flags) should not pay for them.
 _LAZY = {
-    "AddHeads": "ops.add_heads", "AddLabels": "ops.add_labels", "AddLayers": "ops.add_layers",
+    "AddExperts": "ops.add_experts", "AddHeads": "ops.add_heads", "AddLabels": "ops.add_labels", "AddLayers": "ops.add_layers",
     "AddTokens": "ops.add_tokens", "DepthUpscale": "ops.depth_upscale", "WidenFFN": "ops.widen_ffn",
     "WidenHidden": "ops.widen_hidden", "Upcycle": "ops.upcycle", "GrowthReport": "grow", "grow_checkpoint": "grow", "grow_model": "grow",
     "plan_growth": "grow", "read_record": "grow", "save_grown": "save",
@@ -41,6 +41,7 @@ def __dir__():
 
 
 __all__ = [
+    "AddExperts",
     "AddHeads",
     "AddLabels",
     "AddLayers",

@@ -52,7 +52,8 @@ EXAMPLES = {
   hf-expand grow mistralai/Mistral-7B-v0.1 --out out/solar --depth-upscale 8          # SOLAR (difference recorded)
   hf-expand grow ./classifier --out out/more-labels --add-labels spam,phishing
   hf-expand grow meta-llama/Llama-3.2-1B --out out/moe --upcycle-experts 8 --top-k 2   # dense -> Mixtral, exact
-  hf-expand grow Qwen/Qwen2.5-0.5B --out out/moe --upcycle-experts 4 --moe-layers every-other --moe-route shared""",
+  hf-expand grow Qwen/Qwen2.5-0.5B --out out/moe --upcycle-experts 4 --moe-layers every-other --moe-route shared
+  hf-expand grow ./deepseek-style-moe --out out/more-experts --add-experts 8          # exact: selection bias""",
     "augment": """examples:
   hf-expand augment train.csv --out data/train-aug --text-column text --augment synonym:p=0.3 --copies 2
   hf-expand augment nyu-mll/glue --data-config sst2 --out data/sst2-aug --text-column sentence --format parquet""",
@@ -218,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--upcycle-experts", type=_number, metavar="E",
                    help="turn each MLP into E experts (>= 2) and a router: llama/mistral -> mixtral, qwen2 -> qwen2_moe, "
                         "qwen3 -> qwen3_moe; exact with --upcycle-init copy")
+    u.add_argument("--add-experts", type=_number, metavar="N",
+                   help="add N experts to every MoE layer: exact through the selection bias (DeepSeek-V3, GLM-4.5, "
+                        "dots.llm1); softmax routers need --expert-mode")
+    u.add_argument("--expert-mode", choices=["bias", "duplicate", "split", "append"],
+                   help="with --add-experts: bias (default where the router has a selection bias; exact), duplicate "
+                        "(every expert twinned, top-k doubled: exact, active compute x2), split (top-1: twins, exact), "
+                        "append (NOT function-preserving: the difference is recorded)")
     u.add_argument("--top-k", type=_number, metavar="K", help="with --upcycle-experts: experts per token (default 2)")
     u.add_argument("--moe-family", choices=["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"],
                    help="with --upcycle-experts: the MoE family to write (default: the model's counterpart; "
@@ -433,6 +441,14 @@ def _operations(args) -> list:
         raise HfExpandError(f"{flag} applies to --add-tokens / --add-tokens-file; add one or drop the flag")
     if args.init != "zero" and not any(op.name == "widen_ffn" for op in ops):
         raise HfExpandError("--init applies to FFN widening; add --widen-ffn F or --ffn-size N")
+    if args.add_experts is not None:
+        from .ops.add_experts import AddExperts
+
+        if not float(args.add_experts).is_integer():
+            raise HfExpandError(f"--add-experts must be a whole number, got {args.add_experts:g}")
+        ops.append(AddExperts(count=int(args.add_experts), mode=args.expert_mode))
+    elif args.expert_mode is not None:
+        raise HfExpandError("--expert-mode applies to --add-experts N; add it or drop the flag")
     moe = {"top_k": args.top_k, "family": args.moe_family, "layers": args.moe_layers, "route": args.moe_route,
            "init": args.upcycle_init}
     if args.upcycle_experts is not None:
@@ -456,7 +472,8 @@ def _operations(args) -> list:
     if not ops:
         raise HfExpandError(
             "nothing to grow: pass one or more of --widen-ffn F, --ffn-size N, --add-layers N, --depth-upscale M, --widen-hidden K, "
-            "--add-heads N, --add-labels A,B, --add-tokens T1,T2 / --add-tokens-file FILE, or --upcycle-experts E"
+            "--add-heads N, --add-labels A,B, --add-tokens T1,T2 / --add-tokens-file FILE, --add-experts N, or "
+            "--upcycle-experts E"
         )
     return ops
 

@@ -99,6 +99,8 @@ def _remap(t: torch.Tensor, r: Remap, seed: int, key: str) -> torch.Tensor:
         return out.masked_fill(is_new, 0)
     if r.new_init == "zero":
         return out.masked_fill(is_new, 0)
+    if r.new_init == "below_min":  # a selection bias that never lets the new entries win (see ops.add_experts)
+        return out.masked_fill(is_new, t.min().item() - 1.0)
     fresh = (torch.randn(out.shape, generator=generator_for(seed, key)) * std).to(t.dtype)
     return torch.where(is_new, fresh, out)
 

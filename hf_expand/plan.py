@@ -79,7 +79,8 @@ class Remap:
     replicated activation then share its weight (each is divided by its number of copies, plus noise
     that cancels across the copies, of relative size ``noise``) and new entries start at zero, so the
     output is unchanged. Otherwise (rows, biases, norms, embeddings) copies copy and new entries are
-    drawn at the scale of the tensor (``new_init`` normal) or set to zero.
+    drawn at the scale of the tensor (``new_init`` normal), set to zero, or set one below the smallest old entry
+    (``below_min``: a selection bias that keeps new experts out of every top-k).
     """
 
     axis: int

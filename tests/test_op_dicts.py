@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from hf_expand import (AddHeads, AddLabels, AddLayers, AddTokens, DepthUpscale, HfExpandError, Upcycle, WidenFFN,
+from hf_expand import (AddExperts, AddHeads, AddLabels, AddLayers, AddTokens, DepthUpscale, HfExpandError, Upcycle, WidenFFN,
                        WidenHidden)
 from hf_expand.ops import REGISTRY, from_dict
 from hf_expand.recipe import operations
@@ -16,6 +16,7 @@ SAMPLES = [
     AddLabels(("spam", "ham")), AddTokens(("<tool>", "<call>"), output_init="mean"), WidenHidden(factor=2, noise=False),
     AddHeads(count=2, kv="fixed"), Upcycle(experts=8), Upcycle(experts=4, top_k=1, family="qwen2_moe", layers=(1, 3),
                                                          route="shared", init="drop:r=0.5"),
+    AddExperts(count=4), AddExperts(count=8, mode="duplicate"),
 ]
 
 

@@ -107,4 +107,5 @@ from . import depth_upscale as _depth_upscale  # noqa: E402,F401
 from . import add_layers as _add_layers  # noqa: E402,F401
 from . import add_labels as _add_labels  # noqa: E402,F401
 from . import add_tokens as _add_tokens  # noqa: E402,F401
+from . import add_experts as _add_experts  # noqa: E402,F401
 from . import upcycle as _upcycle  # noqa: E402,F401  (last: the model's class changes)

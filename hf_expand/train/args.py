@@ -71,6 +71,9 @@ class TrainArgs:
     batch_size: int = _arg("examples per step, per process", 8, aliases=["--per_device_train_batch_size"])
     grad_accum: int = _arg("batches accumulated into one optimizer step", 1, aliases=["--gradient_accumulation_steps"])
     max_grad_norm: float = _arg("clip gradients to this norm (0 = no clipping)", 1.0, aliases=["--max_grad_norm"])
+    bias_update_rate: float = _arg("mixtures of experts with a selection bias (DeepSeek-V3, GLM-4.5, dots.llm1): after "
+                                   "each step, move every expert's bias this much toward balanced load (aux-loss-free "
+                                   "balancing; experts added below the others start receiving tokens; 0 = off)", 0.001)
     warmup_steps: int = _arg("steps of linear learning-rate warmup", 0, aliases=["--warmup_steps"])
     max_length: int = _arg("tokens per example (longer texts are cut; with --packing: the block size)", 128)
     packing: bool = _arg("causal LM: pack texts into --max-length blocks", False)

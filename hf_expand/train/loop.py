@@ -78,6 +78,7 @@ def _check_args(a: TrainArgs) -> None:
             raise HfExpandError(f"--weight-decay {a.weight_decay:g} x learning rate {lr:g} >= 1: every step would zero "
                                 f"or flip the sign of every weight (typical weight decay: 0 to 0.1)")
     _finite("--max-grad-norm", a.max_grad_norm, 0)  # 0 = no clipping
+    _finite("--bias-update-rate", a.bias_update_rate, 0, 1)
     for name in ("warmup_steps", "eval_every", "save_every", "log_every"):
         if getattr(a, name) < 0:
             raise HfExpandError(f"--{name.replace('_', '-')} must be >= 0 (0 = never), got {getattr(a, name)}")
@@ -559,6 +560,9 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
     loop_start, start_step = time.perf_counter(), step
     bad_loss = torch.zeros((), dtype=torch.bool, device=accelerator.device)
     router = router_loss_kwargs(getattr(accelerator.unwrap_model(model), "config", None))
+    from .balance import SelectionBias
+
+    balance = SelectionBias(accelerator.unwrap_model(model), a.bias_update_rate)
     while step < total:
         train_dl.set_epoch(epoch)
         skip = (step - epoch * per_epoch) * a.grad_accum
@@ -600,6 +604,9 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                 continue
             step += 1
             loss_history.append([step, value])
+            if balance:  # the selection biases move toward balance; the load is recorded at log steps
+                logged = step == 1 or step >= total or bool(a.log_every and step % a.log_every == 0)
+                balance.step(accelerator, step, record=logged)
             bar.update(1)
             if a.log_every and step % a.log_every == 0:
                 rate = tokens * accelerator.num_processes / (time.perf_counter() - t0)
@@ -621,6 +628,7 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                 break
         epoch += 1
     bar.close()
+    balance.close()
     loop_seconds = time.perf_counter() - loop_start
     # the whole run's curve, resumed parts included (a run resumed at its last checkpoint trains no step)
     first_loss = loss_history[0][1] if loss_history else None
@@ -643,7 +651,8 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                "plan": base_plan.summary(), "world_size": accelerator.num_processes,
                "sharding": "fsdp2" if a.fsdp else ("ddp" if accelerator.num_processes > 1 else "none"),
                "precision": a.mixed_precision,
-               **({"router_aux_loss_coef": accelerator.unwrap_model(model).config.router_aux_loss_coef} if router else {})}
+               **({"router_aux_loss_coef": accelerator.unwrap_model(model).config.router_aux_loss_coef} if router else {}),
+               **({"expert_load": balance.record()} if balance else {})}
     full = None
     if a.fsdp:  # every rank gathers the whole model: its checksum below, and rank 0 saves it
         from .sharding import full_state_dict

@@ -195,8 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--depth-upscale", metavar="M|a:b,c:d",
                    help="SOLAR depth up-scaling, NOT function-preserving (the difference is recorded): two copies of the "
                         "stack with M layers dropped at the seam (SOLAR: 8 on 32 layers -> 48), or base layer ranges a:b,c:d")
-    g.add_argument("--init", default="zero", choices=["zero", "split"],
-                   help="FFN init: zero (new output columns zero, default) or split (Net2Net)")
+    g.add_argument("--init", default="zero", metavar="zero|split|zero:noise=S",
+                   help="init of new FFN units: zero (new output columns zero, default) or split (Net2Net); "
+                        "zero:noise=S starts the new FFN output columns and the new blocks' output projections as "
+                        "normal noise of std S x the tensor's std instead of zero: NOT function-preserving, the "
+                        "drift is measured and recorded (symmetry breaking on purpose)")
     g.add_argument("--widen-hidden", type=_number, metavar="K",
                    help="multiply the hidden size by the whole number K (heads x K, head size kept), outputs exact")
     g.add_argument("--no-hidden-noise", action="store_true",
@@ -420,7 +423,8 @@ def _operations(args) -> list:
             if not float(count).is_integer():
                 raise HfExpandError(f"--add-layers must be a whole number, got {count:g}")
             count = int(count)
-        ops.append(AddLayers(count=count, placement=args.placement, stack=args.stack))
+        ops.append(AddLayers(count=count, placement=args.placement, stack=args.stack,
+                             init=args.init if args.init.startswith("zero:") else "zero"))
     if args.depth_upscale is not None:
         from .ops.depth_upscale import DepthUpscale
 
@@ -439,8 +443,10 @@ def _operations(args) -> list:
         flag = ("--new-token-output" if args.new_token_output is not None else
                 "--special-tokens" if args.special_tokens else "--pad-to-multiple-of")
         raise HfExpandError(f"{flag} applies to --add-tokens / --add-tokens-file; add one or drop the flag")
-    if args.init != "zero" and not any(op.name == "widen_ffn" for op in ops):
-        raise HfExpandError("--init applies to FFN widening; add --widen-ffn F or --ffn-size N")
+    if args.init != "zero" and not any(op.name == "widen_ffn" or (op.name == "add_layers" and op.init != "zero")
+                                       for op in ops):
+        raise HfExpandError("--init applies to FFN widening (--widen-ffn F / --ffn-size N), and zero:noise=S also to "
+                            "--add-layers N; add one or drop the flag")
     if args.add_experts is not None:
         from .ops.add_experts import AddExperts
 

@@ -46,6 +46,8 @@ def _grow_chunk(chunk: torch.Tensor, axis: int, g: Grow, seed: int, key: str) ->
     shape[axis] = g.new
     if g.init == "zero":
         extra = torch.zeros(shape, dtype=chunk.dtype)
+        if g.noise:  # zero:noise=S: new units already write a little (not function-preserving, recorded)
+            extra = torch.randn(shape, generator=generator_for(seed, key)).mul_(g.noise * _std(chunk)).to(chunk.dtype)
     elif g.init == "normal":
         # "At the scale of the existing rows": the std of the existing values, so new units' activations
         # have the same magnitude as old ones and receive useful gradient.
@@ -119,6 +121,12 @@ def _set_rows(t: torch.Tensor, a: SetRows) -> torch.Tensor:
     return out.narrow(axis, 0, a.size)
 
 
+def _std(t: torch.Tensor) -> float:
+    """The std of a tensor's values (0.02 when it has one value or all are equal): the scale of new values."""
+    std = t.float().std().item() if t.numel() > 1 else 0.02
+    return std if std > 0 else 0.02
+
+
 def _unit_subset(seed: int, scope: str, expert: int, units: int, rate: float) -> torch.Tensor:
     """Drop-Upcycling: which ``round(rate * units)`` units (at least one) expert ``expert`` of the FFN ``scope``
     re-draws; the same for every tensor of that FFN, different per expert."""
@@ -170,7 +178,11 @@ def run_step(step: TensorStep, tensor: torch.Tensor, seed: int) -> torch.Tensor:
         elif isinstance(action, Grow):
             t = _grow(t, action, seed, step.target)
         elif isinstance(action, Fill):
+            std = _std(t) if action.noise else 0.0
             t = torch.full_like(t, action.value)
+            if action.noise:  # a non-exact start on purpose: the branch writes a little into the residual stream
+                t = t + torch.randn(t.shape, generator=generator_for(seed, f"{step.target}@{k}")).mul_(
+                    action.noise * std).to(t.dtype)
         elif isinstance(action, Remap):
             t = _remap(t, action, seed, f"{step.target}@{k}")
         elif isinstance(action, Scale):

@@ -17,7 +17,8 @@ from typing import Any, Union
 class Grow:
     """Append ``new`` entries along ``axis`` to each of ``parts`` equal chunks of that axis.
 
-    init: ``normal`` (random at the std of the existing chunk), ``zero``, ``split_in`` (copy the rows
+    init: ``normal`` (random at the std of the existing chunk), ``zero`` (plus, with ``noise`` > 0, normal noise
+    of std ``noise`` x the existing chunk's std: not function-preserving), ``split_in`` (copy the rows
     of the units named by the split mapping), ``split_out`` (divide the columns of duplicated units
     among their copies). ``scope`` names the unit space (one FFN of one layer) so that the split
     mapping is the same for every tensor of that FFN.
@@ -29,20 +30,23 @@ class Grow:
     new: int
     init: str
     scope: str = ""
+    noise: float = 0.0
 
     def describe(self) -> str:
         chunk = f" in each of {self.parts} packed chunks" if self.parts > 1 else ""
-        return f"append {self.new} on axis {self.axis}{chunk} ({self.init})"
+        return f"append {self.new} on axis {self.axis}{chunk} ({self.init}{f', noise {self.noise:g}' if self.noise else ''})"
 
 
 @dataclass(frozen=True)
 class Fill:
-    """Set the whole tensor to a constant (zeroed output projections, identity norms)."""
+    """Set the whole tensor to a constant (zeroed output projections, identity norms); with ``noise`` > 0, plus
+    normal noise of std ``noise`` x the source tensor's std (then the source is read; not function-preserving)."""
 
     value: float
+    noise: float = 0.0
 
     def describe(self) -> str:
-        return f"fill {self.value:g}"
+        return f"fill {self.value:g}" + (f" + noise {self.noise:g}" if self.noise else "")
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,8 @@ class TensorStep:
     @property
     def reads_source(self) -> bool:
         """False when the first action makes the values from nothing (``Fill``, ``Fresh``): nothing is read."""
-        return not (self.actions and isinstance(self.actions[0], (Fill, Fresh)))
+        first = self.actions[0] if self.actions else None
+        return not (isinstance(first, Fresh) or (isinstance(first, Fill) and not first.noise))
 
 
 @dataclass

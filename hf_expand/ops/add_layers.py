@@ -28,7 +28,7 @@ from ..architectures import ModelLayout, check_refusals
 from ..errors import HfExpandError, UnsupportedArchitecture
 from ..plan import WHOLE, Fill, Plan, TensorStep
 from . import register
-from .common import updated_config
+from .common import parse_noise_init, updated_config
 from .stacking import MAX_NEW_LAYERS, check_stack_name, plan_stacks, stack_config_updates, stack_steps
 
 PLACEMENTS = ("interleave", "top", "bottom")
@@ -45,6 +45,7 @@ class AddLayers:
     count: int | None = None
     placement: Union[str, tuple[int, ...]] = "interleave"
     stack: str | None = None
+    init: str = "zero"  # or zero:noise=S: the new blocks' output projections start as noise (recorded drift)
 
     def __post_init__(self):
         placement = self.placement
@@ -71,6 +72,7 @@ class AddLayers:
         if self.count > MAX_NEW_LAYERS:
             raise HfExpandError(f"--add-layers {self.count} is more than {MAX_NEW_LAYERS} new layers; is that a typo?")
         check_stack_name(self.stack)
+        parse_noise_init(self.init, "--init", ("zero",))
 
     def layer_order(self, num_layers: int) -> list[tuple[bool, int]]:
         """The grown stack as (is_new, source layer index) for each position."""
@@ -110,7 +112,8 @@ class AddLayers:
         L = layout.num_layers
         order = self.layer_order(L)
         post = layout.family.post_norm
-        steps, new_slices = stack_steps(layout, order, zero_new_branches=True)
+        noise = parse_noise_init(self.init, "--init", ("zero",))[1]
+        steps, new_slices = stack_steps(layout, order, zero_new_branches=True, noise=noise)
         modified: dict = {}
 
         if post is not None:
@@ -121,7 +124,8 @@ class AddLayers:
         summary = f"{L} -> {L + self.count} layers, new at {positions} (placement={self.placement_str})"
         return Plan(
             op=self.name,
-            params={"count": self.count, "placement": self.placement_str, "positions": positions},
+            params={"count": self.count, "placement": self.placement_str, "positions": positions,
+                    **({"init": self.init} if noise else {})},
             summary=summary,
             config_updates=updates,
             new_config=updated_config(config, updates),
@@ -129,6 +133,9 @@ class AddLayers:
             new_slices=new_slices,
             modified=modified,
             layer_order=tuple(order),
+            preserving=not noise,
+            notes=[f"init {self.init}: the new blocks' output projections start as noise, not zero: the outputs "
+                   f"change a little, on purpose (recorded)"] if noise else [],
         )
 
     @property

@@ -33,3 +33,23 @@ def check_multiple(op, field: str, flag: str, example: str) -> None:
     if isinstance(m, bool) or not isinstance(m, (int, float)) or not float(m).is_integer() or not 1 <= m <= 2**16:
         raise HfExpandError(f"{flag} must be a whole number from 1 to 65536, got {m!r}; e.g. {example}")
     object.__setattr__(op, field, int(m))
+
+
+def parse_noise_init(init: str, flag: str, plain: tuple[str, ...]) -> tuple[str, float]:
+    """``init`` as (kind, noise): one of ``plain`` (noise 0), or ``zero:noise=S`` with 0 < S <= 1 (the new output
+    weights start as normal noise of std S x the tensor's std instead of zero: not function-preserving, recorded)."""
+    from ..errors import HfExpandError
+
+    kind, colon, arg = str(init).partition(":")
+    if not colon and kind in plain:
+        return kind, 0.0
+    name, eq, value = arg.partition("=")
+    if kind != "zero" or name != "noise" or not eq:
+        raise HfExpandError(f"{flag} must be {', '.join(plain)} or zero:noise=S (e.g. zero:noise=0.01), got {init!r}")
+    try:
+        noise = float(value)
+    except ValueError:
+        noise = float("nan")
+    if not 0 < noise <= 1:
+        raise HfExpandError(f"{flag} zero:noise must be a number in (0, 1] (a share of each tensor's std), got {value!r}")
+    return kind, noise

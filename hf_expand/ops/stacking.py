@@ -18,8 +18,11 @@ from ..plan import WHOLE, Fill, Plan, TensorStep
 MAX_NEW_LAYERS = 10_000  # more is surely a typo
 
 
-def stack_steps(layout: ModelLayout, order: list[tuple[bool, int]], zero_new_branches: bool):
+def stack_steps(layout: ModelLayout, order: list[tuple[bool, int]], zero_new_branches: bool, noise: float = 0.0):
     """(steps by target, new_slices) for the stack described by ``order``.
+
+    ``noise``: with ``zero_new_branches``, the zeroed projections get normal noise of std ``noise`` x their
+    source's std instead (``add_layers --init zero:noise=S``: not function-preserving).
 
     ``zero_new_branches``: new blocks get zeroed residual-branch outputs (identity blocks, LLaMA Pro);
     otherwise they are plain copies (SOLAR depth up-scaling). A stack deeper than ``architectures.MAX_LAYERS``
@@ -46,7 +49,7 @@ def stack_steps(layout: ModelLayout, order: list[tuple[bool, int]], zero_new_bra
                 continue
             actions = ()
             if is_new and zero_new_branches and in_modules(p.rel, layout.residual_out):
-                actions = (Fill(0.0),)  # the branch writes nothing into the residual stream
+                actions = (Fill(0.0, noise),)  # the branch writes nothing (or, with noise, a little) into the stream
             steps[target] = TensorStep(target, p.name, p.shape, p.shape, actions)
             if is_new:
                 new_slices[target] = [dict(WHOLE)]

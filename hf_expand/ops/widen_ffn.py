@@ -8,6 +8,9 @@ indices) in every "in" projection (rows; both chunks of a packed gate_up) and ev
   are zero. The new units compute something, but nothing of it reaches the output yet; the zero
   columns get gradient (activation x upstream gradient) on the first backward pass, and once they
   have moved, the new rows get gradient too.
+* ``zero:noise=S``: as ``zero``, but the new output columns are normal noise of std S x the existing columns'
+  std: the new units write a little from the start (symmetry breaking traded for exactness; the drift is
+  measured and recorded, as ``depth_upscale``'s is).
 * ``split`` (Net2Net): each new unit copies an existing unit's rows; the outgoing columns of a unit
   and its copies are divided among them (plus a small noise that cancels between them), so their
   sum is the original column.
@@ -23,7 +26,7 @@ from ..architectures import check_refusals, ModelLayout, ffn_size
 from ..errors import HfExpandError, UnsupportedArchitecture
 from ..plan import Grow, Plan, TensorStep
 from . import register
-from .common import check_multiple, updated_config
+from .common import check_multiple, parse_noise_init, updated_config
 
 INITS = ("zero", "split")
 MAX_FACTOR = 1024
@@ -55,8 +58,7 @@ class WidenFFN:
             if self.size >= 2**31:
                 raise HfExpandError(f"--ffn-size {self.size:g} is beyond any trainable width (2**31); is that a typo?")
             object.__setattr__(self, "size", int(self.size))
-        if self.init not in INITS:
-            raise HfExpandError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        parse_noise_init(self.init, "--init", INITS)
         check_multiple(self, "multiple_of", "--multiple-of", "64 or 128")
 
     def targets(self, config, layout: ModelLayout) -> dict[str, tuple[int, int]]:
@@ -93,6 +95,7 @@ class WidenFFN:
     def plan(self, config, layout: ModelLayout) -> Plan:
         check_refusals(config, self.name)
         targets = self.targets(config, layout)
+        kind, noise = parse_noise_init(self.init, "--init", INITS)
         steps, new_slices, modified = [], {}, {}
         for p in layout.params.values():
             if p.ffn_field is None or p.ffn_axis is None:
@@ -105,12 +108,13 @@ class WidenFFN:
                     f"{p.name}: expected {p.parts} x {old} = {p.parts * old} on axis {axis} for {p.ffn_field}, "
                     f"found shape {list(p.shape)}"
                 )
-            if self.init == "zero":
+            if kind == "zero":
                 init = "zero" if p.role == "out" or p.is_bias else "normal"
             else:
                 init = "split_out" if p.role == "out" else "split_in"
             scope = f"{p.block}.{p.ffn_field}"
-            grow = Grow(axis=axis, parts=p.parts, old=old, new=new - old, init=init, scope=scope)
+            grow = Grow(axis=axis, parts=p.parts, old=old, new=new - old, init=init, scope=scope,
+                        noise=noise if init == "zero" and p.role == "out" and not p.is_bias else 0.0)
             shape_after = tuple(p.parts * new if i == axis else d for i, d in enumerate(p.shape))
             steps.append(TensorStep(p.name, p.name, p.shape, shape_after, (grow,)))
             new_slices[p.name] = [
@@ -130,4 +134,7 @@ class WidenFFN:
             steps=steps,
             new_slices=new_slices,
             modified=modified,
+            preserving=not noise,
+            notes=[f"init {self.init}: the new units' output columns start as noise, not zero: the outputs change "
+                   f"a little, on purpose (recorded)"] if noise else [],
         )

@@ -1,5 +1,5 @@
 """``--trainable lora``: peft LoRA on the pre-existing linear layers, the grown slices trained fully, the
-adapter merged at save (:mod:`..lora`).
+adapter merged at save (:mod:`..lora`). A model without a growth record gets plain LoRA.
 
 The plan marks pre-existing tensors :data:`LORA_BASE` (a mode of this policy only, never a ``--trainable``
 name): frozen, and their linear layers get adapters."""
@@ -19,6 +19,16 @@ class Lora(Policy):
     help = "LoRA on the old weights + the grown slices"
     old_mode = LORA_BASE
     merge_probe = True
+
+    def plan(self, model, record, head_names=()):
+        """A model hf-expand did not grow (no growth record) gets plain LoRA: adapters on every linear layer,
+        nothing else trains but a head created for training."""
+        if record is None or "new_slices" not in record:
+            from ..policy import TrainablePlan
+
+            return TrainablePlan(self.name, {n: "full" if n in head_names else LORA_BASE
+                                             for n, _ in model.named_parameters()}, {})
+        return super().plan(model, record, head_names)
 
     def prepare(self, model, plan, args):
         from ..lora import wrap_lora

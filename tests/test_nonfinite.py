@@ -196,8 +196,8 @@ def test_grow_model_api_raises_for_nan(tiny_checkpoints, monkeypatch):
 
     real_build = G._build
 
-    def nan_build(cls, config, state_dict):
-        model = real_build(cls, config, state_dict)
+    def nan_build(cls, config, state_dict, buffers=None):
+        model = real_build(cls, config, state_dict, buffers)
         with torch.no_grad():
             model.lm_head.weight[3, 0] = NAN
         return model

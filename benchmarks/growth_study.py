@@ -190,6 +190,10 @@ def run_arm(job: dict) -> dict:
     size, arm, seed, work = job["size"], job["arm"], job["seed"], Path(job["work"])
     grow, policy = ARMS[arm]
     folder = work / f"{re.sub(r'[^a-z0-9.]+', '-', arm.lower()).strip('-')}-seed{seed}"
+    import hf_expand.grow  # noqa: F401  (imports before the clock starts: a worker's first arm pays them otherwise)
+    import hf_expand.train.loop  # noqa: F401
+    import peft  # noqa: F401
+
     start = time.perf_counter()
     model = Path(job["base"])
     if grow is not None:

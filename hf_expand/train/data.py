@@ -217,7 +217,7 @@ def model_max_length(config, tokenizer=None) -> int:
 
 
 def collator(task: str, tokenizer, seed: int):
-    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
+    from transformers import DataCollatorWithPadding
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -225,7 +225,9 @@ def collator(task: str, tokenizer, seed: int):
         return DataCollatorWithPadding(tokenizer)
     if task == "masked-lm" and tokenizer.mask_token is None:
         raise HfExpandError("masked-lm training needs a tokenizer with a mask token")
-    return DataCollatorForLanguageModeling(tokenizer, mlm=task == "masked-lm", seed=seed)
+    from .lm_collator import SeededLanguageModelingCollator
+
+    return SeededLanguageModelingCollator(tokenizer, mlm=task == "masked-lm", seed=seed)
 
 
 class PositionSeededCollator:

@@ -256,13 +256,9 @@ def plots(rows: list[dict], results: list[dict], base: dict, out: Path) -> None:
         ax.errorbar(r["new_loss"][0], r["old_loss"][0], xerr=r["new_loss"][1], yerr=r["old_loss"][1], fmt="o",
                     capsize=3, label=r["arm"])
     ax.scatter([base["new_loss"]], [base["old_loss"]], marker="x", color="black", label="base (no training)")
-    ax.set_xlabel("new-domain held-out loss (lower: learned more)")
-    ax.set_ylabel("old-domain held-out loss (higher: forgot more)")
-    ax.set_title("learning vs forgetting (mean ± sd over seeds)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "tradeoff.png", dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, "new-domain held-out loss (lower: learned more)",
+            "old-domain held-out loss (higher: forgot more)", "learning vs forgetting (mean ± sd over seeds)",
+            out / "tradeoff.png")
     fig, ax = plt.subplots(figsize=(7, 4))
     for arm in ARMS:
         curves = [r["loss_history"] for r in results if r["arm"] == arm]
@@ -270,12 +266,16 @@ def plots(rows: list[dict], results: list[dict], base: dict, out: Path) -> None:
             steps = [s for s, _ in curves[0]]
             mean = [statistics.fmean(c[i][1] for c in curves) for i in range(len(steps))]
             ax.plot(steps, mean, label=arm)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (new domain)")
-    ax.set_title("training loss, mean over seeds")
+    _finish(plt, fig, ax, "step", "training loss (new domain)", "training loss, mean over seeds", out / "curves.png")
+
+
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

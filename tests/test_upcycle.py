@@ -76,6 +76,15 @@ def dense(tmp_path_factory):
     return get
 
 
+def test_cli_choices_are_the_families():
+    from hf_expand.cli import build_parser
+    from hf_expand.ops.upcycle import FAMILIES
+
+    grow = build_parser()._subparsers._group_actions[0].choices["grow"]
+    action = next(a for a in grow._actions if "--moe-family" in a.option_strings)
+    assert set(action.choices) == set(FAMILIES)
+
+
 def test_cells_are_non_empty():
     assert len(CELLS) == 13
     flags = [args for _, args, _ in CELLS.values()]

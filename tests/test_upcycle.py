@@ -209,3 +209,23 @@ def test_bad_input_is_one_line_and_writes_nothing(case, dense, tiny_checkpoints,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_a_multimodal_wrapper_upcycles_its_text_model(tmp_path):
+    """LLaVA whose text model is a Llama: the text model becomes a Mixtral inside the same wrapper (the vision tower
+    and projector pass through), exact, and stock AutoModelForImageTextToText loads it."""
+    from transformers import AutoModelForImageTextToText
+
+    from hf_expand import Upcycle, grow_checkpoint
+    from test_multimodal import tiny
+
+    config = tiny("llava")
+    config.architectures = None
+    torch.manual_seed(0)
+    AutoModelForImageTextToText.from_config(config).save_pretrained(tmp_path / "llava")
+    report = grow_checkpoint(str(tmp_path / "llava"), tmp_path / "moe", [Upcycle(experts=4)])
+    assert report.reloaded_max_abs_diff <= TOL
+    grown = AutoModelForImageTextToText.from_pretrained(tmp_path / "moe")
+    assert type(grown).__name__ == "LlavaForConditionalGeneration"
+    assert type(grown.model.language_model).__name__ == "MixtralModel"
+    assert json.loads((tmp_path / "moe" / "config.json").read_text())["text_config"]["num_local_experts"] == 4

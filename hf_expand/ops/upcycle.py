@@ -260,7 +260,7 @@ class Upcycle:
         chosen = self.moe_layers(config.num_hidden_layers, spec, family)
         width = config.intermediate_size
         new_config = self.grown_config(config, spec, family, chosen, width)
-        grown_cls = model_class_for(auto_class_for(config), new_config)
+        grown_cls = _same_head(layout.model_cls, config, new_config) or model_class_for(auto_class_for(config), new_config)
         new_config.architectures = [grown_cls.__name__]
         grown = {n: tuple(p.shape) for n, p in meta_model(new_config, grown_cls).named_parameters()}
         kind, rate = parse_init(self.init)
@@ -334,6 +334,25 @@ class Upcycle:
         return {"experts": self.experts, "top_k": self.top_k, "family": self.family,
                 "layers": self.layers if isinstance(self.layers, str) else list(self.layers),
                 "route": self.route, "init": self.init}
+
+
+def _same_head(model_cls, config, new_config):
+    """The class of ``new_config``'s family with the head ``model_cls`` has (``LlamaModel`` -> ``MixtralModel``: a
+    multimodal wrapper's text model is bare; ``LlamaForCausalLM`` -> ``MixtralForCausalLM``), or None."""
+    import transformers
+
+    from ..model_io import _AUTO_CLASSES
+
+    if model_cls is None:
+        return None
+    for auto_name, _ in _AUTO_CLASSES:
+        mapping = getattr(getattr(transformers, auto_name), "_model_mapping", None)
+        try:
+            if mapping is not None and mapping[type(config)] is model_cls:
+                return mapping[type(new_config)]
+        except KeyError:
+            continue
+    return None
 
 
 def _windows(config) -> list:

@@ -145,3 +145,33 @@ def test_balancing_routes_tokens_to_the_added_experts(tmp_path, capsys):
     assert first and all(sum(counts[4:]) == 0 for counts in first.values())  # excluded at the start
     assert any(sum(counts[4:]) > 0 for _, loads in history for counts in loads.values())  # then chosen
     assert all(len(counts) == 8 for counts in last.values())
+
+
+def test_a_resumed_run_keeps_the_load_history_and_the_biases(tmp_path, capsys):
+    """Resumed from its step-2 checkpoint, a balancing run ends with the straight run's load history and
+    selection biases (the biases are model state; the history travels in the checkpoint's logs)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from hf_expand.train import TrainArgs, train
+
+    torch.set_num_threads(1)
+    base = _save(more_tiny_model("deepseek_v3"), tmp_path / "base")
+    grown = tmp_path / "grown"
+    assert main(["grow", str(base), "--out", str(grown), "--add-experts", "4", "-q"]) == 0
+    args = dict(model=str(grown), data=str(SENTENCES), max_steps=4, batch_size=8, log_every=1, save_every=2,
+                bias_update_rate=0.05)
+    straight = train(TrainArgs(out=str(tmp_path / "straight"), **args), progress=False)
+    killed = tmp_path / "killed"
+    train(TrainArgs(out=str(killed), **args), progress=False)
+    for f in killed.iterdir():  # only what existed right after the step-2 checkpoint
+        if f.name not in ("checkpoints", "train_args.json"):
+            f.unlink() if f.is_file() else shutil.rmtree(f)
+    shutil.rmtree(killed / "checkpoints" / "step-4")
+    resumed = train(TrainArgs(out=str(killed), **args), resume=True, progress=False)
+    assert [s for s, _ in resumed["expert_load"]["history"]] == [1, 2, 3, 4]
+    assert resumed["expert_load"]["history"] == straight["expert_load"]["history"]
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(killed / "model.safetensors")
+    keys = [k for k in a if k.endswith(BIAS)]
+    assert keys and all(torch.equal(a[k], b[k]) for k in keys)

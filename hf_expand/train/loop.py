@@ -550,6 +550,7 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
     epoch = step // per_epoch
     history = []
     loss_history: list = []
+    logs: dict = {}
     if t.resume_from is not None and (t.resume_from / "hf_expand_logs.json").is_file():
         try:
             logs = json.loads((t.resume_from / "hf_expand_logs.json").read_text())
@@ -563,6 +564,7 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
     from .balance import SelectionBias
 
     balance = SelectionBias(accelerator.unwrap_model(model), a.bias_update_rate)
+    balance.history = list(logs.get("expert_load") or [])  # a resumed run keeps the load recorded before
     while step < total:
         train_dl.set_epoch(epoch)
         skip = (step - epoch * per_epoch) * a.grad_accum
@@ -622,7 +624,8 @@ def _train(a: TrainArgs, t: RunTarget, progress: bool) -> dict:
                 history.append({"step": step, **step_metrics})
                 model.train()
             if a.save_every and step % a.save_every == 0:
-                _checkpoint(accelerator, t.run_dir, step, {"loss_history": loss_history, "eval_history": history},
+                _checkpoint(accelerator, t.run_dir, step, {"loss_history": loss_history, "eval_history": history,
+                                                           "expert_load": balance.history},
                             sharded_state)
             if step >= total:
                 break

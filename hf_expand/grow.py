@@ -566,6 +566,8 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
     grown_config = plans[-1].new_config if plans else config
     grown_config.dtype = dtype
     grown_meta = meta_model(model_class_for(cls, grown_config), grown_config)
+    # counted now: running a meta model swaps its parameters, which unties a tied head (counted twice after)
+    known = {id(config): base_meta.num_parameters(), id(grown_config): grown_meta.num_parameters()}
     layout = output_layout(grown_meta, dtype, setup.max_shard_size)
     check_disk(Path(setup.out), layout.nbytes)
 
@@ -582,8 +584,8 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
             except NonFiniteOutputs as exc:
                 raise NonFiniteOutputs(f"{exc}: growth cannot be verified against it; nothing was written",
                                        exc.where) from None
-            ref_run, ref_level, pending = _references(setup, plans, config, grown_config, cls, base_meta,
-                                                      grown_meta, chain, probes, base_run, report)
+            ref_run, ref_level, pending = _references(setup, plans, config, cls, known, chain, probes, base_run,
+                                                      report)
             writing.wait()
         grown_config.save_pretrained(tmp)
         _save_generation_config(grown_meta, tmp)
@@ -621,7 +623,7 @@ def _grow_streamed(setup: GrowSetup, plans: list[Plan], folder: Path) -> GrowthR
     return report
 
 
-def _references(setup, plans, config, grown_config, cls, base_meta, grown_meta, chain, probes, base_run, report):
+def _references(setup, plans, config, cls, known, chain, probes, base_run, report):
     """Operation reports, slice records, and the reference the grown model is held to: the base, or the model
     right after the last non-preserving operation (computed on the fly from the composed chain). Returns
     ``(reference run, its plan level, the operation reports still waiting for a measured difference)``."""
@@ -633,7 +635,6 @@ def _references(setup, plans, config, grown_config, cls, base_meta, grown_meta, 
         if plan.new_outputs is not None and plan.new_outputs[0] < n_out:
             report.excluded_outputs.append(plan.new_outputs)  # old (unused) columns given a new meaning
     ref_run, ref_level, pending = base_run, 0, []
-    known = {id(config): base_meta.num_parameters(), id(grown_config): grown_meta.num_parameters()}
     for k, plan in enumerate(plans):
         before = plans[k - 1].new_config if k else config
         counts = [_param_count(c, model_class_for(cls, c), known) for c in (before, plan.new_config)]

@@ -418,12 +418,7 @@ def _operations(args) -> list:
         raise HfExpandError("--multiple-of applies to --widen-ffn F / --ffn-size N; add one or drop the flag")
     placement_given = args.placement != "interleave"
     if args.add_layers is not None or placement_given:
-        count = args.add_layers
-        if count is not None:
-            if not float(count).is_integer():
-                raise HfExpandError(f"--add-layers must be a whole number, got {count:g}")
-            count = int(count)
-        ops.append(AddLayers(count=count, placement=args.placement, stack=args.stack,
+        ops.append(AddLayers(count=_whole("--add-layers", args.add_layers), placement=args.placement, stack=args.stack,
                              init=args.init if args.init.startswith("zero:") else "zero"))
     if args.depth_upscale is not None:
         from .ops.depth_upscale import DepthUpscale
@@ -450,30 +445,22 @@ def _operations(args) -> list:
     if args.add_experts is not None:
         from .ops.add_experts import AddExperts
 
-        if not float(args.add_experts).is_integer():
-            raise HfExpandError(f"--add-experts must be a whole number, got {args.add_experts:g}")
-        ops.append(AddExperts(count=int(args.add_experts), mode=args.expert_mode))
+        ops.append(AddExperts(count=_whole("--add-experts", args.add_experts), mode=args.expert_mode))
     elif args.expert_mode is not None:
         raise HfExpandError("--expert-mode applies to --add-experts N; add it or drop the flag")
-    moe = {"top_k": args.top_k, "family": args.moe_family, "layers": args.moe_layers, "route": args.moe_route,
-           "init": args.upcycle_init}
+    moe = {"top_k": ("--top-k", _whole("--top-k", args.top_k)), "family": ("--moe-family", args.moe_family),
+           "layers": ("--moe-layers", args.moe_layers), "route": ("--moe-route", args.moe_route),
+           "init": ("--upcycle-init", args.upcycle_init)}
+    given = {key: value for key, (_, value) in moe.items() if value is not None}
     if args.upcycle_experts is not None:
         from .ops.upcycle import Upcycle
 
         if ops:
             raise HfExpandError("--upcycle-experts runs on its own: grow the dense model first, then upcycle the grown "
                                 "folder")
-        whole = {"experts": args.upcycle_experts, "top_k": args.top_k}
-        for flag, value in whole.items():
-            if value is not None and not float(value).is_integer():
-                raise HfExpandError(f"--{flag.replace('_', '-') if flag == 'top_k' else 'upcycle-experts'} must be a "
-                                    f"whole number, got {value:g}")
-        ops.append(Upcycle(**{"experts": int(args.upcycle_experts),
-                              **{k: (int(v) if k == "top_k" else v) for k, v in moe.items() if v is not None}}))
-    elif any(v is not None for v in moe.values()):
-        flag = next(f"--{k.replace('_', '-')}" for k, v in moe.items() if v is not None)
-        flag = {"--family": "--moe-family", "--layers": "--moe-layers", "--route": "--moe-route",
-                "--init": "--upcycle-init"}.get(flag, flag)
+        ops.append(Upcycle(experts=_whole("--upcycle-experts", args.upcycle_experts), **given))
+    elif given:
+        flag = moe[next(iter(given))][0]
         raise HfExpandError(f"{flag} applies to --upcycle-experts E; add it or drop the flag")
     if not ops:
         raise HfExpandError(
@@ -482,6 +469,15 @@ def _operations(args) -> list:
             "--upcycle-experts E"
         )
     return ops
+
+
+def _whole(flag: str, value):
+    """A ``_number`` flag that must be a whole number: its int (None stays None), or one line."""
+    if value is None:
+        return None
+    if not float(value).is_integer():
+        raise HfExpandError(f"{flag} must be a whole number, got {value:g}")
+    return int(value)
 
 
 def _check_common(args) -> None:

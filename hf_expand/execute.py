@@ -51,9 +51,7 @@ def _grow_chunk(chunk: torch.Tensor, axis: int, g: Grow, seed: int, key: str) ->
     elif g.init == "normal":
         # "At the scale of the existing rows": the std of the existing values, so new units' activations
         # have the same magnitude as old ones and receive useful gradient.
-        std = chunk.float().std().item() if chunk.numel() > 1 else 0.02
-        std = std if std > 0 else 0.02
-        extra = torch.randn(shape, generator=generator_for(seed, key)).mul_(std).to(chunk.dtype)
+        extra = torch.randn(shape, generator=generator_for(seed, key)).mul_(_std(chunk)).to(chunk.dtype)
     elif g.init in ("split_in", "split_out"):
         src = split_mapping(seed, g.scope, g.old, g.new)
         extra = chunk.index_select(axis, src).clone()
@@ -85,15 +83,13 @@ def _remap(t: torch.Tensor, r: Remap, seed: int, key: str) -> torch.Tensor:
     is_new = (idx < 0).view(view)
     src = idx.clamp(min=0)
     out = t.index_select(axis, src)
-    std = t.float().std().item() if t.numel() > 1 else 0.02
-    std = std if std > 0 else 0.02
     if r.reads:
         # x is replicated: sum_j W_j x = W x when the copies W_j of a column sum to W.
         counts = torch.bincount(idx[idx >= 0], minlength=old_len).clamp(min=1).to(t.dtype)
         out = out / counts[src].view(view)
         if r.noise:
             # Zero-sum noise within each group of copies: the sum over copies, hence the output, is unchanged.
-            noise = torch.randn(out.shape, generator=generator_for(seed, key)) * (r.noise * std)
+            noise = torch.randn(out.shape, generator=generator_for(seed, key)) * (r.noise * _std(t))
             noise = noise.to(t.dtype).masked_fill(is_new, 0)
             sums = torch.zeros_like(t).index_add(axis, src, noise)
             noise = noise - (sums / counts.view(view)).index_select(axis, src)
@@ -103,7 +99,7 @@ def _remap(t: torch.Tensor, r: Remap, seed: int, key: str) -> torch.Tensor:
         return out.masked_fill(is_new, 0)
     if r.new_init == "below_min":  # a selection bias that never lets the new entries win (see ops.add_experts)
         return out.masked_fill(is_new, t.min().item() - 1.0)
-    fresh = (torch.randn(out.shape, generator=generator_for(seed, key)) * std).to(t.dtype)
+    fresh = (torch.randn(out.shape, generator=generator_for(seed, key)) * _std(t)).to(t.dtype)
     return torch.where(is_new, fresh, out)
 
 
@@ -136,8 +132,9 @@ def _unit_subset(seed: int, scope: str, expert: int, units: int, rate: float) ->
 
 def _experts(t: torch.Tensor, a: Experts, seed: int, key: str) -> torch.Tensor:
     out = t.unsqueeze(0).repeat(a.count, *([1] * t.ndim))
-    std = t.float().std().item() if t.numel() > 1 else 0.02
-    std = std if std > 0 else 0.02
+    if a.init == "copy":
+        return out
+    std = _std(t)  # the scale of the noise and of re-drawn units
     if a.init == "noise":
         return out + torch.randn(out.shape, generator=generator_for(seed, key)).mul_(a.rate * std).to(t.dtype)
     if a.init == "drop":
@@ -152,7 +149,7 @@ def _experts(t: torch.Tensor, a: Experts, seed: int, key: str) -> torch.Tensor:
             fresh = torch.randn(shape, generator=generator_for(seed, f"{key}#{e}")).mul_(std).to(t.dtype)
             out[e] = expert.index_copy(axis, rows, fresh)
         return out
-    return out
+    raise ValueError(f"unknown experts init {a.init!r}")
 
 
 def read_sources(step: TensorStep, get: Callable[[str], torch.Tensor]) -> torch.Tensor:

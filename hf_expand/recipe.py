@@ -146,26 +146,26 @@ def _type_name(t) -> str:
     return "mapping" if isinstance(t, dict) else t.__name__
 
 
-def validate(recipe, schema=None, path: str = "") -> None:
+def validate(recipe) -> None:
     """Check ``recipe`` against the pydantic model of :data:`SCHEMA`; the first problem becomes one line
     ``recipe: <key path>: <problem>``."""
     from pydantic import ValidationError
 
     if not isinstance(recipe, dict):
-        raise HfExpandError(f"recipe{': ' + path if path else ''}: expected a mapping, found {type(recipe).__name__}")
+        raise HfExpandError(f"recipe: expected a mapping, found {type(recipe).__name__}")
     try:
         recipe_model().model_validate(recipe)
     except ValidationError as exc:
-        raise HfExpandError(_problem(exc.errors()[0], recipe)) from None
+        raise HfExpandError(_problem(exc.errors()[0])) from None
 
 
-def _problem(error: dict, recipe: dict) -> str:
+def _problem(error: dict) -> str:
     """A pydantic error as the line recipes print: the key's path, and what was expected and found."""
     loc = [part for part in error["loc"] if not _is_union_branch(part)]
     where = ".".join(str(p) for p in loc)
-    node, schema = recipe, SCHEMA
+    schema = SCHEMA  # the part of SCHEMA the key sits in
     for part in loc[:-1]:
-        node, schema = (node or {}).get(part), schema.get(part) if isinstance(schema, dict) else None
+        schema = schema.get(part) if isinstance(schema, dict) else None
     key = loc[-1] if loc else None
     kind = error["type"]
     if kind in ("extra_forbidden", "invalid_key"):

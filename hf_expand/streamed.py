@@ -150,6 +150,12 @@ def write_grown(folder: Path, layout: Layout, chain, reader, grown_meta, dtype: 
     buffers = {n for n, _ in grown_meta.named_buffers()}
     by_name = {t.name: t for t in layout.tensors}
 
+    def own_buffer(unit: str) -> torch.Tensor:
+        """The grown model's buffer as its config computes it at init (as the in-memory path's rebuilt model has it)."""
+        if state[unit].device.type == "meta":
+            raise HfExpandError(f"the grown model's buffer {unit} has no value; please report this")
+        return state[unit]
+
     def produce(unit: str):
         if cancelled():
             raise HfExpandError("writing was cancelled")
@@ -161,15 +167,14 @@ def write_grown(folder: Path, layout: Layout, chain, reader, grown_meta, dtype: 
                 and dtype_name(by_name[names[0]].dtype) == disk.dtype:
             yield names[0], copy_bytes(disk.file, disk.offset, disk.nbytes)  # unchanged: bytes as stored
             return
-        kept = unit in buffers and not planned and reader.has(unit) and \
-            tuple(reader.get(unit).shape) == tuple(state[unit].shape)
-        if unit in buffers and not kept and (not planned or not reader.has(base or unit)):
-            # a buffer no plan lists and the base does not store (or stores in another shape): the grown model's
-            # own, computed from its config at init, as the in-memory path's rebuilt model has it. One the base
-            # stores (DeepSeek-V3's trained selection bias) passes through below.
-            value = state[unit]
-            if value.device.type == "meta":
-                raise HfExpandError(f"the grown model's buffer {unit} has no value; please report this")
+        if unit in buffers and not planned:
+            # a buffer no plan lists: the base's stored value when it stores one of this shape (DeepSeek-V3's trained
+            # selection bias), else the grown model's own
+            value = reader.get_float(unit) if reader.has(unit) else None
+            if value is None or tuple(value.shape) != tuple(state[unit].shape):
+                value = own_buffer(unit)
+        elif unit in buffers and not reader.has(base or unit):
+            value = own_buffer(unit)
         else:
             value = chain.get(unit)
         value = value.to(out_dtype(value.dtype, dtype))

@@ -61,12 +61,13 @@ def tiny_config(family: str):
     return config
 
 
-def tiny_model(family: str, seed: int = 0):
+def tiny_model(family: str, seed: int = 0, config=None):
+    """A tiny LM of ``family`` (masked for encoders) from ``tiny_config`` (or ``config``), with random norms."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     torch.manual_seed(seed)
     cls = AutoModelForMaskedLM if family in ENCODERS else AutoModelForCausalLM
-    model = cls.from_config(tiny_config(family))
+    model = cls.from_config(config if config is not None else tiny_config(family))
     # Random norms and biases, so that an identity trick that only works for default init would fail.
     with torch.no_grad():
         for name, p in model.named_parameters():

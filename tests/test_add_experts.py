@@ -27,20 +27,15 @@ def _save(model, folder: Path) -> Path:
 
 
 def _deepseek(n_group: int = 1):
-    """A tiny DeepSeek-V3 with trained-looking (random) selection biases; ``n_group`` expert groups."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
+    """A tiny DeepSeek-V3 (random norms, ``matrix.tiny_model``) with trained-looking (random) selection biases;
+    ``n_group`` expert groups."""
     config = more_tiny_config("deepseek_v3")
     config.n_group, config.topk_group = n_group, 1
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = tiny_model("deepseek_v3", config=config)
     with torch.no_grad():
         for name, value in model.named_buffers():
             if name.endswith(BIAS):
                 value.copy_(torch.randn_like(value) * 0.3)
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(torch.randn_like(p) * 0.1)
     return model
 
 

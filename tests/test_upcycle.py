@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import load_stock
 from hf_expand.cli import main
-from matrix import tiny_config, tiny_tokenizer
+from matrix import tiny_config, tiny_model, tiny_tokenizer
 
 SENTENCES = Path(__file__).parent / "data" / "sentences.txt"
 TOL = 1e-5
@@ -44,21 +44,13 @@ CELLS = {
 
 
 def _dense(family: str):
-    """A tiny dense model with random norms (as ``matrix.tiny_model``); Qwen3 without its mixed sliding-window
-    layers (qwen3_moe has one window for all layers: the mixed case is a refusal, tested below)."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
+    """A tiny dense model with random norms (``matrix.tiny_model``); Qwen3 without its mixed sliding-window layers
+    (qwen3_moe has one window for all layers: the mixed case is a refusal, tested below)."""
     config = tiny_config(family)
     if family == "qwen3":
         config.use_sliding_window = False
         config.layer_types = ["full_attention"] * config.num_hidden_layers
-    model = AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return tiny_model(family, config=config)
 
 
 @pytest.fixture(scope="module")

@@ -164,14 +164,36 @@ class _AugmentBatch:
         return out
 
 
-def _check_split(ds, text_columns: tuple[str, ...], where: str) -> None:
+def _chosen_splits(data, splits) -> tuple[str, ...]:
+    """The ``splits`` (a name or names) of a dataset dict, each checked to exist."""
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    missing = [s for s in splits if s not in data]
+    if missing:
+        raise HfExpandError(f"split {missing[0]!r} not found; splits: {', '.join(data)} (choose with --split)")
+    return splits
+
+
+def _load_backends(specs, trust_remote_code: bool) -> tuple[str, ...]:
+    """Build every augmenter (WordNet, models) once, in this process; returns their model signatures."""
+    signatures = tuple(model_signature(spec) for spec in specs)
+    for spec, signature in zip(specs, signatures):
+        backend(spec, signature, trust_remote_code)
+    return signatures
+
+
+def _check_columns(names: list[str], text_columns: tuple[str, ...], where: str) -> None:
+    """The text columns exist and the columns augmentation adds do not (data augmented already)."""
     for col in text_columns:
-        if col not in ds.column_names:
-            raise HfExpandError(f"text column {col!r} not found{where}; columns: {', '.join(ds.column_names)}")
+        if col not in names:
+            raise HfExpandError(f"text column {col!r} not found{where}; columns: {', '.join(names)}")
     for col in (SOURCE_INDEX, IS_AUGMENTED):
-        if col in ds.column_names:
+        if col in names:
             raise HfExpandError(f"column {col!r} already exists{where}: the data looks augmented already; "
                                 f"augment the original data (or remove the column)")
+
+
+def _check_split(ds, text_columns: tuple[str, ...], where: str) -> None:
+    _check_columns(ds.column_names, text_columns, where)
     if len(ds) == 0:
         raise HfExpandError(f"the dataset{where} is empty; nothing to augment")
 
@@ -236,10 +258,7 @@ def _augment_dataset(data, augmenters, text_columns, *, copies, seed, num_proc, 
                                keep_original=keep_original, duplicates=duplicates, batch_size=batch_size,
                                trust_remote_code=trust_remote_code, counts=counts)
     if isinstance(data, DatasetDict):
-        splits = (splits,) if isinstance(splits, str) else tuple(splits)
-        missing = [s for s in splits if s not in data]
-        if missing:
-            raise HfExpandError(f"split {missing[0]!r} not found; splits: {', '.join(data)} (choose with --split)")
+        splits = _chosen_splits(data, splits)
         for s in splits:
             _check_split(data[s], text_columns, f" in split {s!r}")
             check_output_rows(len(data[s]), copies, keep_original, f" in split {s!r}")
@@ -250,9 +269,7 @@ def _augment_dataset(data, augmenters, text_columns, *, copies, seed, num_proc, 
         raise HfExpandError(f"expected a datasets.Dataset, DatasetDict, IterableDataset or IterableDatasetDict, "
                             f"got {type(data).__name__}")
 
-    signatures = tuple(model_signature(spec) for spec in specs)
-    for spec, signature in zip(specs, signatures):  # load WordNet / models once, here, before workers fork
-        backend(spec, signature, trust_remote_code)
+    signatures = _load_backends(specs, trust_remote_code)  # once, here, before workers fork
     if num_proc == 1:
         num_proc = None  # datasets 5 sends num_proc=1 through its worker pool: same output, ~2x slower
     if num_proc:
@@ -289,14 +306,7 @@ def _stream_features(ds, text_columns: tuple[str, ...], where: str):
         ds = ds._resolve_features()
     if not ds.features:  # None, or no column at all: the stream has no first row
         raise HfExpandError(f"the dataset{where} is empty; nothing to augment")
-    names = list(ds.features)
-    for col in text_columns:
-        if col not in names:
-            raise HfExpandError(f"text column {col!r} not found{where}; columns: {', '.join(names)}")
-    for col in (SOURCE_INDEX, IS_AUGMENTED):
-        if col in names:
-            raise HfExpandError(f"column {col!r} already exists{where}: the data looks augmented already; "
-                                f"augment the original data (or remove the column)")
+    _check_columns(list(ds.features), text_columns, where)
     return ds
 
 
@@ -309,13 +319,8 @@ def _augment_stream(data, specs, text_columns, *, copies, seed, num_proc, splits
     if counts is not None and not isinstance(counts, dict):
         raise HfExpandError(f"counts must be a dict (it receives one AugmentSummary per split), got {counts!r}")
     if isinstance(data, IterableDatasetDict):
-        splits = (splits,) if isinstance(splits, str) else tuple(splits)
-        missing = [s for s in splits if s not in data]
-        if missing:
-            raise HfExpandError(f"split {missing[0]!r} not found; splits: {', '.join(data)} (choose with --split)")
-    signatures = tuple(model_signature(spec) for spec in specs)
-    for spec, signature in zip(specs, signatures):
-        backend(spec, signature, trust_remote_code)
+        splits = _chosen_splits(data, splits)
+    signatures = _load_backends(specs, trust_remote_code)
 
     def run(ds, name, where):
         ds = _stream_features(ds, text_columns, where)

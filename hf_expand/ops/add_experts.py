@@ -123,7 +123,8 @@ class AddExperts:
                 action = Remap(0, ((space, 1),), reads=False)
             steps.append(TensorStep(p.name, p.name, p.shape, shape, (action,)))
             new_slices[p.name] = [dict(r) for r in new_ranges]
-            routers.add(p.name) if router else None
+            if router:
+                routers.add(p.name)
         for name, buffer in meta.named_buffers():  # the selection bias: new experts below every old one
             if name.endswith(BIAS):
                 shape = (E + N, *buffer.shape[1:])

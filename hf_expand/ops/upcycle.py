@@ -79,8 +79,9 @@ REFUSED = {  # (dense, MoE family) -> why stock transformers cannot hold the den
 ROUTES = ("renormalise", "shared")
 DEEPSEEK_SCALING = 2.5  # DeepSeek-V3's routed_scaling_factor
 MAX_EXPERTS = 1024
+# dense config keys the MoE config does not take over (the rest is copied: attention, norms, rope, vocabulary)
 IDENTITY_KEYS = {"model_type", "architectures", "transformers_version", "_name_or_path", "auto_map", "dtype",
-                 "torch_dtype", "pretraining_tp", "mlp_bias", "attention_bias", "head_dim"}
+                 "torch_dtype", "pretraining_tp", "mlp_bias"}
 
 
 def parse_init(init: str) -> tuple[str, float]:
@@ -246,11 +247,7 @@ class Upcycle:
                 raise UnsupportedArchitecture(
                     f"{config.model_type} with sliding-window attention on {sum(w is not None for w in windows)} of "
                     f"{len(windows)} layers cannot be written as {family}: {family} {how}")
-        head_dim = getattr(config, "head_dim", None)
-        if head_dim is not None:
-            kwargs["head_dim"] = head_dim
-        new = CONFIG_MAPPING[spec["model_type"]](**kwargs)
-        return new
+        return CONFIG_MAPPING[spec["model_type"]](**kwargs)
 
     def plan(self, config, layout: ModelLayout) -> Plan:
         from ..model_io import auto_class_for

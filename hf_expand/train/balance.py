@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-BIAS = "e_score_correction_bias"
+from ..ops.add_experts import BIAS
 
 
 class SelectionBias:
